@@ -1,1 +1,201 @@
-//! svcproxy compiler.
+//! svcproxy's compiler: a snapshot of Kubernetes Services and Endpoints in, an nftables
+//! ruleset (or IPVS virtual-server set) out. No kernel access; deterministic.
+//!
+//! The pipeline, one module per step:
+//! 1. [`input`]: YAML/JSON text into typed API objects;
+//! 2. [`model`]: validation into a [`model::Snapshot`];
+//! 3. [`allocate`]: ClusterIPs and NodePorts that manifests left out;
+//! 4. [`plan`]: per service port and family, what each class of traffic does (using
+//!    [`endpoints`] and [`topology`]);
+//! 5. a backend renders the plan: [`nft::layout`] builds the nftables ruleset that
+//!    [`nft::text`] and [`nft::json`] print.
+
+pub mod addr;
+pub mod allocate;
+pub mod endpoints;
+pub mod error;
+pub mod input;
+pub mod model;
+pub mod names;
+pub mod nft;
+pub mod node;
+pub mod plan;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub use error::{CompileError, Diagnostic, Origin};
+pub use input::Source;
+pub use node::NodeContext;
+pub use plan::Plan;
+
+use model::{ServiceSpec, Snapshot};
+use nft::ir::L4Proto;
+
+/// Refuse snapshots larger than this by default (all sources together): a runaway
+/// generator or a wrong path must not exhaust the node's memory.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node: NodeContext,
+    /// Treat every skipped object as a fatal error.
+    pub strict: bool,
+    pub max_input_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node: NodeContext::default(),
+            strict: false,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
+        }
+    }
+}
+
+/// Parses and validates the sources and builds the plan.
+pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError> {
+    options.node.validate()?;
+    let total: usize = sources.iter().map(|s| s.text.len()).sum();
+    if total > options.max_input_bytes {
+        let origin = Origin {
+            file: sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ..Origin::default()
+        };
+        return Err(CompileError::Invalid(vec![Diagnostic::new(
+            &origin,
+            format!(
+                "input is {total} bytes, over the limit of {} bytes (--max-input-bytes)",
+                options.max_input_bytes
+            ),
+        )]));
+    }
+
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for source in sources {
+        match input::parse_source(source) {
+            Ok(parsed) => objects.extend(parsed),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CompileError::Invalid(errors));
+    }
+    let snapshot = Snapshot::from_objects(objects).map_err(CompileError::Invalid)?;
+    let mut warnings = snapshot.warnings.clone();
+    let allocated = allocate::allocate(snapshot.services.clone(), &options.node)
+        .map_err(CompileError::Invalid)?;
+    warnings.extend(allocated.warnings);
+    let conflicts = address_conflicts(&allocated.services);
+    if !conflicts.is_empty() {
+        return Err(CompileError::Invalid(conflicts));
+    }
+    if options.strict && !warnings.is_empty() {
+        return Err(CompileError::Invalid(warnings));
+    }
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    let families = plan::build(&snapshot, &allocated.services, &options.node);
+    Ok(Plan {
+        families,
+        allocations: allocated.allocations,
+        warnings,
+    })
+}
+
+/// Two Services claiming the same address, protocol and port (an externalIP or
+/// LoadBalancer IP of one equal to an address of another) cannot both be programmed:
+/// which one wins would depend on ordering. The API server does not prevent this for
+/// externalIPs, so it is checked here, and fails the snapshot.
+fn address_conflicts(services: &[ServiceSpec]) -> Vec<Diagnostic> {
+    let mut owners: BTreeMap<(IpAddr, L4Proto, u16), &ServiceSpec> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for service in services.iter().filter(|s| s.is_proxied()) {
+        let mut addresses: Vec<(IpAddr, &str)> = Vec::new();
+        addresses.extend(
+            service
+                .cluster_ips
+                .iter()
+                .map(|ip| (*ip, "spec.clusterIPs")),
+        );
+        addresses.extend(
+            service
+                .external_ips
+                .iter()
+                .map(|ip| (*ip, "spec.externalIPs")),
+        );
+        addresses.extend(
+            service
+                .load_balancer_ips
+                .iter()
+                .map(|ip| (*ip, "status.loadBalancer.ingress")),
+        );
+        let mut own = std::collections::BTreeSet::new();
+        for (ip, field) in addresses {
+            for port in &service.ports {
+                let key = (ip, port.protocol, port.port);
+                if !own.insert(key) {
+                    continue; // the same Service listing an address twice is harmless
+                }
+                match owners.get(&key) {
+                    Some(other) => conflicts.push(
+                        Diagnostic::new(
+                            &service.origin,
+                            format!(
+                                "{ip} port {}/{} is also claimed by Service {}",
+                                port.port,
+                                port.protocol.keyword(),
+                                other.name
+                            ),
+                        )
+                        .object(service.object())
+                        .field(field),
+                    ),
+                    None => {
+                        owners.insert(key, service);
+                    }
+                }
+            }
+        }
+    }
+    conflicts
+}
+
+/// The comment lines printed above a rendered ruleset.
+pub fn header(plan: &Plan, backend: &str) -> Vec<String> {
+    let mut lines = vec![format!(
+        "svcproxy {backend} ruleset, generated by `svcproxy compile`; the same snapshot always gives the same output"
+    )];
+    for allocation in &plan.allocations {
+        lines.push(format!(
+            "allocated for {}: {} (the manifest has none)",
+            allocation.service, allocation.what
+        ));
+    }
+    lines
+}
+
+/// The nftables ruleset as `nft -f` text.
+pub fn render_nftables(plan: &Plan) -> String {
+    let mut header = header(plan, "nftables");
+    header.push(
+        "apply with `nft -f FILE`: it replaces the svcproxy tables in one transaction".into(),
+    );
+    nft::text::render(&nft::ruleset(plan), &header)
+}
+
+/// The nftables ruleset as `nft -j` JSON.
+pub fn render_nftables_json(plan: &Plan) -> String {
+    let mut text =
+        serde_json::to_string_pretty(&nft::json::render(&nft::ruleset(plan))).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,258 @@
+//! Parsing: Kubernetes YAML or JSON text into typed `k8s-openapi` objects.
+//!
+//! Accepts multi-document YAML, JSON (one value or a stream), `kind: List` exactly as
+//! `kubectl get -o yaml` prints it, and the typed lists the API returns (`ServiceList`,
+//! ...). Kinds svcproxy does not use are skipped with a debug log. Structural problems
+//! (unreadable syntax, a document without `kind`, a field of the wrong type) are errors
+//! that fail the whole snapshot: we cannot tell what the author meant.
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Diagnostic, Origin};
+
+/// One input file (or stdin) as text.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// What diagnostics call it: the path as the user gave it, or `<stdin>`.
+    pub name: String,
+    pub text: String,
+}
+
+/// A Kubernetes object svcproxy understands.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Endpoints(Box<Endpoints>),
+    Pod(Box<Pod>),
+}
+
+/// An object and where it was read.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub origin: Origin,
+    pub object: T,
+}
+
+/// Parses every document of one source. All structural errors are collected.
+pub fn parse_source(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+    let documents = split_documents(source)?;
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        let origin = Origin {
+            file: source.name.clone(),
+            document: index + 1,
+            item: None,
+        };
+        read_document(document, &origin, None, &mut objects, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Splits a source into documents: a JSON value or stream, or a YAML stream.
+fn split_documents(source: &Source) -> Result<Vec<Value>, Vec<Diagnostic>> {
+    let origin = Origin {
+        file: source.name.clone(),
+        document: 0,
+        item: None,
+    };
+    let trimmed = source.text.trim_start();
+    let looks_like_json = source.name.ends_with(".json") || trimmed.starts_with('{');
+    let documents: Vec<Value> = if looks_like_json {
+        serde_json::Deserializer::from_str(&source.text)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| vec![Diagnostic::new(&origin, format!("malformed JSON: {e}"))])?
+    } else {
+        serde_saphyr::from_multiple::<Value>(&source.text)
+            .map_err(|e| vec![Diagnostic::new(&origin, format!("malformed YAML: {e}"))])?
+    };
+    // Empty documents (`---` at the end of a stream, comment-only files) are not objects.
+    Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Reads one document (or list item) into `objects`. `list_kind` is the item kind
+/// implied by a typed list (`ServiceList` items carry no `kind` of their own).
+fn read_document(
+    value: Value,
+    origin: &Origin,
+    list_kind: Option<(&str, &str)>,
+    objects: &mut Vec<Located<Object>>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let Value::Object(map) = &value else {
+        errors.push(Diagnostic::new(
+            origin,
+            "expected a Kubernetes object (a mapping with apiVersion and kind)",
+        ));
+        return;
+    };
+    let text_field = |name: &str| map.get(name).and_then(Value::as_str).map(str::to_owned);
+    let kind = text_field("kind").or_else(|| list_kind.map(|(k, _)| k.to_owned()));
+    let api_version = text_field("apiVersion").or_else(|| list_kind.map(|(_, v)| v.to_owned()));
+    let (Some(kind), Some(api_version)) = (kind, api_version) else {
+        errors.push(Diagnostic::new(origin, "missing apiVersion or kind"));
+        return;
+    };
+
+    if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
+        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+        let Value::Object(mut map) = value else {
+            return;
+        };
+        let items = match map.remove("items") {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => {
+                errors.push(Diagnostic::new(origin, "items: expected a list").object(kind));
+                return;
+            }
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let item_origin = Origin {
+                item: Some(index),
+                ..origin.clone()
+            };
+            let implied = item_kind.map(|k| (k, api_version.as_str()));
+            read_document(item, &item_origin, implied, objects, errors);
+        }
+        return;
+    }
+
+    let object_name = describe(&kind, map);
+    let typed = match (kind.as_str(), api_version.as_str()) {
+        ("Service", "v1") => typed(value, origin, &object_name).map(Object::Service),
+        ("Endpoints", "v1") => typed(value, origin, &object_name).map(Object::Endpoints),
+        ("Pod", "v1") => typed(value, origin, &object_name).map(Object::Pod),
+        ("EndpointSlice", "discovery.k8s.io/v1") => {
+            typed(value, origin, &object_name).map(Object::EndpointSlice)
+        }
+        _ => {
+            tracing::debug!(%origin, kind, api_version, "skipping a kind svcproxy does not use");
+            return;
+        }
+    };
+    match typed {
+        Ok(object) => objects.push(Located {
+            origin: origin.clone(),
+            object,
+        }),
+        Err(diagnostic) => errors.push(diagnostic),
+    }
+}
+
+/// Deserializes into a `k8s-openapi` type, keeping the path of a failing field.
+fn typed<T: DeserializeOwned>(
+    value: Value,
+    origin: &Origin,
+    object_name: &str,
+) -> Result<Box<T>, Diagnostic> {
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map(Box::new)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let diagnostic =
+                Diagnostic::new(origin, e.into_inner().to_string()).object(object_name);
+            if path == "." {
+                diagnostic
+            } else {
+                diagnostic.field(path)
+            }
+        })
+}
+
+/// `Service default/web`, from the raw document (before it is known to be valid).
+fn describe(kind: &str, map: &serde_json::Map<String, Value>) -> String {
+    let meta = map.get("metadata");
+    let get = |field: &str| meta.and_then(|m| m.get(field)).and_then(Value::as_str);
+    let namespace = get("namespace").unwrap_or("default");
+    match get("name") {
+        Some(name) => format!("{kind} {namespace}/{name}"),
+        None => format!("{kind} {namespace}/<unnamed>"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+        parse_source(&Source {
+            name: "in.yaml".into(),
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn reads_multi_document_yaml_and_skips_other_kinds() {
+        let objects = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(objects.len(), 1);
+        assert!(matches!(objects[0].object, Object::Service(_)));
+        assert_eq!(objects[0].origin.document, 1);
+    }
+
+    #[test]
+    fn reads_kubectl_lists_and_typed_lists() {
+        let objects = parse(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - {apiVersion: v1, kind: Service, metadata: {name: a}}\n\
+             - {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: a-x}, addressType: IPv4, endpoints: []}\n\
+             ---\napiVersion: v1\nkind: PodList\nitems:\n- {metadata: {name: p}}\n",
+        )
+        .unwrap();
+        assert_eq!(objects.len(), 3);
+        assert!(matches!(objects[2].object, Object::Pod(_)));
+        assert_eq!(objects[1].origin.item, Some(1));
+    }
+
+    #[test]
+    fn reads_json() {
+        let objects = parse_source(&Source {
+            name: "in.json".into(),
+            text: r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}"#.into(),
+        })
+        .unwrap();
+        assert_eq!(objects.len(), 1);
+    }
+
+    #[test]
+    fn malformed_yaml_is_one_clear_error() {
+        let errors = parse("apiVersion: v1\nkind: Service\nmetadata: {name: a\n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        let line = errors[0].to_string();
+        assert!(line.starts_with("in.yaml: malformed YAML:"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn wrong_field_type_names_object_and_field() {
+        let errors = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+             spec:\n  ports:\n  - port: eighty\n",
+        )
+        .unwrap_err();
+        let line = errors[0].to_string();
+        assert!(
+            line.starts_with("in.yaml (document 1): Service shop/web: spec.ports[0].port: "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn document_without_kind_is_an_error() {
+        let errors = parse("apiVersion: v1\nmetadata: {name: a}\n").unwrap_err();
+        assert!(errors[0].to_string().contains("missing apiVersion or kind"));
+    }
+}

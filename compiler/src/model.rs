@@ -1,0 +1,883 @@
+//! The validated snapshot: Services, endpoint groups and Pods in plain, checked form.
+//!
+//! Conversion from the API types happens here, field by field, so that everything
+//! downstream can trust its input. The policy for bad input, as kube-proxy would do it:
+//! - a problem that makes the snapshot ambiguous (two objects with the same name, an
+//!   object without a name) fails the whole snapshot;
+//! - a problem inside one object (an invalid IP, an unknown protocol, a port out of
+//!   range, an EndpointSlice without its service label) skips that object with a warning
+//!   and the rest is programmed. `--strict` turns these warnings into errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::addr::{parse_cidr_lenient, parse_ip};
+use crate::error::{Diagnostic, Origin};
+use crate::input::{Located, Object};
+use crate::nft::ir::{Family, L4Proto};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Per-service IPVS scheduler override.
+pub const IPVS_SCHEDULER_ANNOTATION: &str = "svcproxy.io/ipvs-scheduler";
+/// The legacy annotation form of `loadBalancerSourceRanges`.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+/// `namespace/name` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A named container port, resolved per Pod.
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortSpec {
+    /// The port's name; empty for the single unnamed port of a Service.
+    pub name: String,
+    pub protocol: L4Proto,
+    pub port: u16,
+    pub target_port: TargetPort,
+    /// Given or allocated NodePort (NodePort and LoadBalancer services).
+    pub node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: ServiceName,
+    pub origin: Origin,
+    pub service_type: ServiceType,
+    /// `clusterIP: None`: no virtual IP, no rules.
+    pub headless: bool,
+    /// ClusterIPs as given (primary first); filled in by allocation when missing.
+    pub cluster_ips: Vec<IpAddr>,
+    /// Requested IP families (`spec.ipFamilies`), possibly empty.
+    pub ip_families: Vec<Family>,
+    pub family_policy: FamilyPolicy,
+    pub ports: Vec<ServicePortSpec>,
+    /// `None` for a Service without selector (its endpoints are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub external_ips: Vec<IpAddr>,
+    /// LoadBalancer ingress IPs (status), or `spec.loadBalancerIP` when there is none.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges` (or its annotation); empty means "no firewall".
+    pub source_ranges: Vec<IpNet>,
+    pub external_policy_local: bool,
+    pub internal_policy_local: bool,
+    /// ClientIP session affinity timeout in seconds, when affinity is on.
+    pub affinity_timeout: Option<u32>,
+    pub health_check_node_port: Option<u16>,
+    pub publish_not_ready_addresses: bool,
+    pub allocate_load_balancer_node_ports: bool,
+    pub ipvs_scheduler: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn is_externally_accessible(&self) -> bool {
+        !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+            || self.ports.iter().any(|p| p.node_port.is_some())
+    }
+
+    /// Does this Service want a NodePort on its ports?
+    pub fn wants_node_ports(&self) -> bool {
+        match self.service_type {
+            ServiceType::NodePort => true,
+            ServiceType::LoadBalancer => self.allocate_load_balancer_node_ports,
+            ServiceType::ClusterIp | ServiceType::ExternalName => false,
+        }
+    }
+
+    /// Services that get rules at all.
+    pub fn is_proxied(&self) -> bool {
+        !self.headless && self.service_type != ServiceType::ExternalName
+    }
+
+    pub fn object(&self) -> String {
+        format!("Service {}", self.name)
+    }
+}
+
+/// One port of an endpoint group (EndpointSlice port, Endpoints subset port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPortSpec {
+    pub name: String,
+    pub protocol: L4Proto,
+    pub port: u16,
+}
+
+/// One endpoint address with its conditions, as the EndpointSlice API defines them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub ip: IpAddr,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub zone_hints: BTreeSet<String>,
+    pub node_hints: BTreeSet<String>,
+}
+
+/// Endpoints of one Service that share one port list: an EndpointSlice, or one subset
+/// of a legacy Endpoints object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointGroup {
+    pub origin: Origin,
+    /// `EndpointSlice default/web-abc12`, for diagnostics and ordering.
+    pub object: String,
+    pub ports: Vec<EndpointPortSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPortSpec {
+    pub name: Option<String>,
+    pub protocol: L4Proto,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub node_name: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub ready: bool,
+    pub terminating: bool,
+    pub container_ports: Vec<ContainerPortSpec>,
+}
+
+/// The whole validated input.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Sorted by namespace/name.
+    pub services: Vec<ServiceSpec>,
+    /// EndpointSlices per Service, sorted by slice name.
+    pub slices: BTreeMap<ServiceName, Vec<EndpointGroup>>,
+    /// Legacy Endpoints subsets per Service.
+    pub endpoints: BTreeMap<ServiceName, Vec<EndpointGroup>>,
+    /// Pods per namespace, sorted by name.
+    pub pods: BTreeMap<String, Vec<PodSpec>>,
+    /// Objects (or parts) skipped because they were invalid.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    /// Validates parsed objects. Fatal problems are returned as `Err`; per-object
+    /// problems skip the object and are kept in `warnings`.
+    pub fn from_objects(objects: Vec<Located<Object>>) -> Result<Snapshot, Vec<Diagnostic>> {
+        let mut snapshot = Snapshot::default();
+        let mut fatal = Vec::new();
+        // (kind, namespace, name) -> where it was first seen: duplicates are fatal.
+        let mut seen: BTreeMap<(&'static str, String, String), Origin> = BTreeMap::new();
+        let mut services = BTreeMap::new();
+
+        for Located { origin, object } in objects {
+            let (kind, meta) = match &object {
+                Object::Service(s) => ("Service", &s.metadata),
+                Object::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+                Object::Endpoints(e) => ("Endpoints", &e.metadata),
+                Object::Pod(p) => ("Pod", &p.metadata),
+            };
+            let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+            let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+                fatal.push(
+                    Diagnostic::new(&origin, "an object needs a name")
+                        .object(format!("{kind} {namespace}/<unnamed>"))
+                        .field("metadata.name"),
+                );
+                continue;
+            };
+            let key = (kind, namespace.clone(), name.clone());
+            if let Some(first) = seen.get(&key) {
+                fatal.push(
+                    Diagnostic::new(
+                        &origin,
+                        format!("duplicate object, first defined in {first}"),
+                    )
+                    .object(format!("{kind} {namespace}/{name}")),
+                );
+                continue;
+            }
+            seen.insert(key, origin.clone());
+            let service_name = ServiceName {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+
+            match object {
+                Object::Service(service) => {
+                    match convert_service(&service, service_name.clone(), &origin) {
+                        Ok(spec) => {
+                            services.insert(service_name, spec);
+                        }
+                        Err(d) => snapshot.warnings.push(d),
+                    }
+                }
+                Object::EndpointSlice(slice) => {
+                    match convert_slice(&slice, &namespace, &name, &origin, &mut snapshot.warnings)
+                    {
+                        Ok(Some((owner, group))) => {
+                            snapshot.slices.entry(owner).or_default().push(group)
+                        }
+                        Ok(None) => {}
+                        Err(d) => snapshot.warnings.push(d),
+                    }
+                }
+                Object::Endpoints(endpoints) => {
+                    match convert_endpoints(&endpoints, &service_name, &origin) {
+                        Ok(groups) => {
+                            snapshot.endpoints.insert(service_name, groups);
+                        }
+                        Err(d) => snapshot.warnings.push(d),
+                    }
+                }
+                Object::Pod(pod) => match convert_pod(&pod, &namespace, &name, &origin) {
+                    Ok(Some(spec)) => snapshot.pods.entry(namespace).or_default().push(spec),
+                    Ok(None) => {}
+                    Err(d) => snapshot.warnings.push(d),
+                },
+            }
+        }
+
+        if !fatal.is_empty() {
+            return Err(fatal);
+        }
+        snapshot.services = services.into_values().collect();
+        for groups in snapshot.slices.values_mut() {
+            groups.sort_by(|a, b| a.object.cmp(&b.object));
+        }
+        for pods in snapshot.pods.values_mut() {
+            pods.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// A per-object problem, before it is given its origin and object name.
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn ip_at(text: &str, field: impl Into<String>) -> Result<IpAddr, FieldError> {
+    parse_ip(text).map_err(|m| field_error(field, m))
+}
+
+fn port_at(value: i32, field: impl Into<String>) -> Result<u16, FieldError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| field_error(field, format!("port {value} is out of range 1..=65535")))
+}
+
+fn protocol_at(value: Option<&str>, field: impl Into<String>) -> Result<L4Proto, FieldError> {
+    match value.unwrap_or("TCP") {
+        "TCP" => Ok(L4Proto::Tcp),
+        "UDP" => Ok(L4Proto::Udp),
+        "SCTP" => Ok(L4Proto::Sctp),
+        other => Err(field_error(
+            field,
+            format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
+        )),
+    }
+}
+
+fn convert_service(
+    service: &Service,
+    name: ServiceName,
+    origin: &Origin,
+) -> Result<ServiceSpec, Diagnostic> {
+    let object = format!("Service {name}");
+    let mut spec = service_spec(service, name).map_err(|e| {
+        Diagnostic::new(origin, format!("{}; the Service is skipped", e.message))
+            .object(object)
+            .field(e.field)
+    })?;
+    spec.origin = origin.clone();
+    Ok(spec)
+}
+
+fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, FieldError> {
+    let default_spec = Default::default();
+    let spec = service.spec.as_ref().unwrap_or(&default_spec);
+    let annotations = service.metadata.annotations.as_ref();
+
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        Some(other) => {
+            return Err(field_error(
+                "spec.type",
+                format!("unknown Service type {other:?}"),
+            ));
+        }
+    };
+
+    // clusterIPs is authoritative when present; clusterIP must agree with its first entry.
+    let mut headless = false;
+    let mut cluster_ips = Vec::new();
+    let listed: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => {
+            if let Some(single) = spec.cluster_ip.as_deref()
+                && !single.is_empty()
+                && single != ips[0]
+            {
+                return Err(field_error(
+                    "spec.clusterIP",
+                    format!("{single:?} disagrees with spec.clusterIPs[0] {:?}", ips[0]),
+                ));
+            }
+            ips.iter().map(String::as_str).collect()
+        }
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+        _ => Vec::new(),
+    };
+    for (i, text) in listed.iter().enumerate() {
+        if *text == "None" {
+            headless = true;
+            continue;
+        }
+        let field = if spec.cluster_ips.is_some() {
+            format!("spec.clusterIPs[{i}]")
+        } else {
+            "spec.clusterIP".to_string()
+        };
+        let ip = ip_at(text, field.clone())?;
+        if cluster_ips
+            .iter()
+            .any(|other| Family::of(other) == Family::of(&ip))
+        {
+            return Err(field_error(field, "two clusterIPs of the same family"));
+        }
+        cluster_ips.push(ip);
+    }
+
+    let mut ip_families = Vec::new();
+    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
+        let family = match family.as_str() {
+            "IPv4" => Family::Ip,
+            "IPv6" => Family::Ip6,
+            other => {
+                return Err(field_error(
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("unknown IP family {other:?} (expected IPv4 or IPv6)"),
+                ));
+            }
+        };
+        if ip_families.contains(&family) {
+            return Err(field_error(
+                format!("spec.ipFamilies[{i}]"),
+                "duplicate IP family",
+            ));
+        }
+        ip_families.push(family);
+    }
+    for (ip, family) in cluster_ips.iter().zip(&ip_families) {
+        if Family::of(ip) != *family {
+            return Err(field_error(
+                "spec.ipFamilies",
+                format!("clusterIP {ip} does not match IP family {family:?}"),
+            ));
+        }
+    }
+    let family_policy = match spec.ip_family_policy.as_deref() {
+        None | Some("SingleStack") => FamilyPolicy::SingleStack,
+        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
+        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
+        Some(other) => {
+            return Err(field_error(
+                "spec.ipFamilyPolicy",
+                format!("unknown IP family policy {other:?}"),
+            ));
+        }
+    };
+
+    let mut ports: Vec<ServicePortSpec> = Vec::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let at = |field: &str| format!("spec.ports[{i}].{field}");
+        let protocol = protocol_at(port.protocol.as_deref(), at("protocol"))?;
+        let number = port_at(port.port, at("port"))?;
+        let target_port = match &port.target_port {
+            None => TargetPort::Number(number),
+            Some(IntOrString::Int(n)) => TargetPort::Number(port_at(*n, at("targetPort"))?),
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                Ok(n) => TargetPort::Number(port_at(n, at("targetPort"))?),
+                Err(_) if s.is_empty() => TargetPort::Number(number),
+                Err(_) => TargetPort::Name(s.clone()),
+            },
+        };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(port_at(n, at("nodePort"))?),
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        if ports.iter().any(|p| p.name == port_name) {
+            return Err(field_error(
+                at("name"),
+                format!(
+                    "duplicate port name {port_name:?} (ports must have distinct names when a Service has several)"
+                ),
+            ));
+        }
+        if ports
+            .iter()
+            .any(|p| p.port == number && p.protocol == protocol)
+        {
+            return Err(field_error(
+                at("port"),
+                format!("duplicate port {number}/{}", protocol.keyword()),
+            ));
+        }
+        ports.push(ServicePortSpec {
+            name: port_name,
+            protocol,
+            port: number,
+            target_port,
+            node_port,
+        });
+    }
+
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        let ip = ip_at(ip, format!("spec.externalIPs[{i}]"))?;
+        if !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
+
+    let mut load_balancer_ips = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, entry) in ingress.into_iter().flatten().enumerate() {
+            // ipMode Proxy: the load balancer delivers to the node, not to the VIP.
+            if entry.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            if let Some(ip) = &entry.ip {
+                let ip = ip_at(ip, format!("status.loadBalancer.ingress[{i}].ip"))?;
+                if !load_balancer_ips.contains(&ip) {
+                    load_balancer_ips.push(ip);
+                }
+            }
+        }
+        if load_balancer_ips.is_empty()
+            && let Some(ip) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty())
+        {
+            load_balancer_ips.push(ip_at(ip, "spec.loadBalancerIP")?);
+        }
+    }
+
+    let mut source_ranges = Vec::new();
+    let (ranges, field): (Vec<String>, &str) = match &spec.load_balancer_source_ranges {
+        Some(ranges) if !ranges.is_empty() => (ranges.clone(), "spec.loadBalancerSourceRanges"),
+        _ => match annotations.and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)) {
+            Some(list) => (
+                list.split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]",
+            ),
+            None => (Vec::new(), ""),
+        },
+    };
+    for (i, range) in ranges.iter().enumerate() {
+        let net = parse_cidr_lenient(range).map_err(|m| field_error(format!("{field}[{i}]"), m))?;
+        if !source_ranges.contains(&net) {
+            source_ranges.push(net);
+        }
+    }
+
+    let external_policy_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") | Some("Global") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(field_error(
+                "spec.externalTrafficPolicy",
+                format!("unknown policy {other:?} (expected Cluster or Local)"),
+            ));
+        }
+    };
+    let internal_policy_local = match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(field_error(
+                "spec.internalTrafficPolicy",
+                format!("unknown policy {other:?} (expected Cluster or Local)"),
+            ));
+        }
+    };
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match timeout {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t @ 1..=86400) => Some(t as u32),
+                Some(t) => {
+                    return Err(field_error(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{t} is out of range 1..=86400"),
+                    ));
+                }
+            }
+        }
+        Some(other) => {
+            return Err(field_error(
+                "spec.sessionAffinity",
+                format!("unknown session affinity {other:?} (expected None or ClientIP)"),
+            ));
+        }
+    };
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(n) => Some(port_at(n, "spec.healthCheckNodePort")?),
+    };
+    let selector = spec.selector.clone().filter(|s| !s.is_empty());
+    let ipvs_scheduler = annotations
+        .and_then(|a| a.get(IPVS_SCHEDULER_ANNOTATION))
+        .cloned();
+
+    Ok(ServiceSpec {
+        name,
+        origin: Origin::default(),
+        service_type,
+        headless,
+        cluster_ips,
+        ip_families,
+        family_policy,
+        ports,
+        selector,
+        external_ips,
+        load_balancer_ips,
+        source_ranges,
+        external_policy_local,
+        internal_policy_local,
+        affinity_timeout,
+        health_check_node_port,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+        allocate_load_balancer_node_ports: spec.allocate_load_balancer_node_ports.unwrap_or(true),
+        ipvs_scheduler,
+    })
+    .map(|mut s| {
+        s.ports
+            .sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
+        s
+    })
+}
+
+/// Converts an EndpointSlice. `Ok(None)`: a slice svcproxy ignores on purpose (FQDN).
+/// Invalid endpoints inside a valid slice are skipped one by one with a warning.
+fn convert_slice(
+    slice: &EndpointSlice,
+    namespace: &str,
+    name: &str,
+    origin: &Origin,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Option<(ServiceName, EndpointGroup)>, Diagnostic> {
+    let object = format!("EndpointSlice {namespace}/{name}");
+    let fail = |e: FieldError| {
+        Diagnostic::new(
+            origin,
+            format!("{}; the EndpointSlice is skipped", e.message),
+        )
+        .object(object.clone())
+        .field(e.field)
+    };
+    let Some(owner) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(fail(field_error(
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "missing: the slice belongs to no Service",
+        )));
+    };
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::Ip,
+        "IPv6" => Family::Ip6,
+        "FQDN" => {
+            tracing::debug!(%origin, "skipping FQDN EndpointSlice {namespace}/{name}");
+            return Ok(None);
+        }
+        other => {
+            return Err(fail(field_error(
+                "addressType",
+                format!("unknown address type {other:?}"),
+            )));
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, port) in slice.ports.iter().flatten().enumerate() {
+        let protocol =
+            protocol_at(port.protocol.as_deref(), format!("ports[{i}].protocol")).map_err(fail)?;
+        // A port without a number means "all ports", which services never use.
+        let Some(number) = port.port else { continue };
+        let number = port_at(number, format!("ports[{i}].port")).map_err(fail)?;
+        ports.push(EndpointPortSpec {
+            name: port.name.clone().unwrap_or_default(),
+            protocol,
+            port: number,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        let field = format!("endpoints[{i}].addresses[0]");
+        let Some(address) = endpoint.addresses.first() else {
+            continue;
+        };
+        let ip = match parse_ip(address) {
+            Ok(ip) if Family::of(&ip) == family => ip,
+            Ok(ip) => {
+                warnings.push(
+                    Diagnostic::new(
+                        origin,
+                        format!(
+                            "{ip} is not an {} address; the endpoint is skipped",
+                            slice.address_type
+                        ),
+                    )
+                    .object(object.clone())
+                    .field(field),
+                );
+                continue;
+            }
+            Err(message) => {
+                warnings.push(
+                    Diagnostic::new(origin, format!("{message}; the endpoint is skipped"))
+                        .object(object.clone())
+                        .field(field),
+                );
+                continue;
+            }
+        };
+        let conditions = endpoint.conditions.as_ref();
+        // API defaults: ready unset means ready; serving unset means "as ready".
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        let hints = endpoint.hints.as_ref();
+        endpoints.push(EndpointSpec {
+            ip,
+            node_name: endpoint.node_name.clone(),
+            zone: endpoint.zone.clone(),
+            ready,
+            serving,
+            terminating,
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        });
+    }
+    let owner = ServiceName {
+        namespace: namespace.to_owned(),
+        name: owner.clone(),
+    };
+    Ok(Some((
+        owner,
+        EndpointGroup {
+            origin: origin.clone(),
+            object,
+            ports,
+            endpoints,
+        },
+    )))
+}
+
+fn convert_endpoints(
+    endpoints: &Endpoints,
+    name: &ServiceName,
+    origin: &Origin,
+) -> Result<Vec<EndpointGroup>, Diagnostic> {
+    let object = format!("Endpoints {name}");
+    let fail = |e: FieldError| {
+        Diagnostic::new(
+            origin,
+            format!("{}; the Endpoints object is skipped", e.message),
+        )
+        .object(object.clone())
+        .field(e.field)
+    };
+    let mut groups = Vec::new();
+    for (s, subset) in endpoints.subsets.iter().flatten().enumerate() {
+        let mut ports = Vec::new();
+        for (i, port) in subset.ports.iter().flatten().enumerate() {
+            let at = |f: &str| format!("subsets[{s}].ports[{i}].{f}");
+            ports.push(EndpointPortSpec {
+                name: port.name.clone().unwrap_or_default(),
+                protocol: protocol_at(port.protocol.as_deref(), at("protocol")).map_err(fail)?,
+                port: port_at(port.port, at("port")).map_err(fail)?,
+            });
+        }
+        let mut list = Vec::new();
+        let ready = subset
+            .addresses
+            .iter()
+            .flatten()
+            .map(|a| (a, true, "addresses"));
+        let not_ready = subset
+            .not_ready_addresses
+            .iter()
+            .flatten()
+            .map(|a| (a, false, "notReadyAddresses"));
+        for (i, (address, is_ready, field)) in ready.chain(not_ready).enumerate() {
+            let ip = ip_at(&address.ip, format!("subsets[{s}].{field}[{i}].ip")).map_err(fail)?;
+            list.push(EndpointSpec {
+                ip,
+                node_name: address.node_name.clone(),
+                zone: None,
+                ready: is_ready,
+                serving: is_ready,
+                terminating: false,
+                zone_hints: BTreeSet::new(),
+                node_hints: BTreeSet::new(),
+            });
+        }
+        groups.push(EndpointGroup {
+            origin: origin.clone(),
+            object: format!("{object} subsets[{s}]"),
+            ports,
+            endpoints: list,
+        });
+    }
+    Ok(groups)
+}
+
+/// Converts a Pod. `Ok(None)` for Pods that can never be endpoints (finished, no IP).
+fn convert_pod(
+    pod: &Pod,
+    namespace: &str,
+    name: &str,
+    origin: &Origin,
+) -> Result<Option<PodSpec>, Diagnostic> {
+    let object = format!("Pod {namespace}/{name}");
+    let fail = |e: FieldError| {
+        Diagnostic::new(origin, format!("{}; the Pod is skipped", e.message))
+            .object(object.clone())
+            .field(e.field)
+    };
+    let status = pod.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    ) {
+        return Ok(None);
+    }
+    let mut ips = Vec::new();
+    match status
+        .and_then(|s| s.pod_ips.as_ref())
+        .filter(|l| !l.is_empty())
+    {
+        Some(list) => {
+            for (i, entry) in list.iter().enumerate() {
+                ips.push(ip_at(&entry.ip, format!("status.podIPs[{i}].ip")).map_err(fail)?);
+            }
+        }
+        None => {
+            if let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_deref())
+                .filter(|s| !s.is_empty())
+            {
+                ips.push(ip_at(ip, "status.podIP").map_err(fail)?);
+            }
+        }
+    }
+    if ips.is_empty() {
+        return Ok(None);
+    }
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let spec = pod.spec.as_ref();
+    let mut container_ports = Vec::new();
+    for (c, container) in spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
+        for (i, port) in container.ports.iter().flatten().enumerate() {
+            let at = |f: &str| format!("spec.containers[{c}].ports[{i}].{f}");
+            container_ports.push(ContainerPortSpec {
+                name: port.name.clone(),
+                protocol: protocol_at(port.protocol.as_deref(), at("protocol")).map_err(fail)?,
+                port: port_at(port.container_port, at("containerPort")).map_err(fail)?,
+            });
+        }
+    }
+    Ok(Some(PodSpec {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        node_name: spec.and_then(|s| s.node_name.clone()),
+        ips,
+        ready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        container_ports,
+    }))
+}

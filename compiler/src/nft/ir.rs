@@ -1,0 +1,338 @@
+//! A small typed model of an nftables ruleset: tables, chains, rules, sets and maps.
+//!
+//! This is the contract between the compiler and everything downstream: the text and
+//! JSON renderers print it, the agent encodes it into netlink messages and decodes the
+//! kernel's state back into it. Rules are therefore not strings but a closed list of
+//! statements ([`Stmt`]), each of which has exactly one nft text form and one bytecode
+//! form. Adding a statement means teaching all three (text, JSON, netlink) about it.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Address family of a table. svcproxy uses one `ip` and one `ip6` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    /// The nft keyword for the family (`ip`, `ip6`), also the payload protocol keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
+    /// The nft data type of an address of this family.
+    pub fn addr_type(self) -> KeyType {
+        match self {
+            Family::Ip => KeyType::Ipv4Addr,
+            Family::Ip6 => KeyType::Ipv6Addr,
+        }
+    }
+
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::Ip,
+            IpAddr::V6(_) => Family::Ip6,
+        }
+    }
+}
+
+/// Layer-4 protocols a service port can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl L4Proto {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+            L4Proto::Sctp => "sctp",
+        }
+    }
+
+    /// IANA protocol number (what `meta l4proto` compares against).
+    pub fn number(self) -> u8 {
+        match self {
+            L4Proto::Tcp => 6,
+            L4Proto::Udp => 17,
+            L4Proto::Sctp => 132,
+        }
+    }
+}
+
+/// A whole ruleset: the tables svcproxy owns. Nothing outside these tables is ever
+/// described, created or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub family: Family,
+    pub name: String,
+    pub comment: Option<String>,
+    /// Sets and maps, in declaration order (a set must exist before a rule refers to it).
+    pub sets: Vec<Set>,
+    /// Chains, in declaration order. Rules may jump to chains declared later: nft and
+    /// the netlink batch both create every chain before adding any rule.
+    pub chains: Vec<Chain>,
+}
+
+/// Base-chain hook points used by svcproxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChainType {
+    Filter,
+    Nat,
+}
+
+impl ChainType {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        }
+    }
+}
+
+/// What makes a chain a base chain: it is attached to a netfilter hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BaseChain {
+    pub chain_type: ChainType,
+    pub hook: Hook,
+    /// Numeric priority (`dstnat` is -100, `srcnat` is 100).
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub base: Option<BaseChain>,
+    pub comment: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Statements in evaluation order; the last one is usually a verdict.
+    pub stmts: Vec<Stmt>,
+    pub comment: Option<String>,
+}
+
+/// Which address of the packet a statement looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddrField {
+    Saddr,
+    Daddr,
+}
+
+impl AddrField {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            AddrField::Saddr => "saddr",
+            AddrField::Daddr => "daddr",
+        }
+    }
+}
+
+/// One element of a lookup key: what `ip daddr . meta l4proto . th dport` is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyExpr {
+    /// `ip saddr` / `ip6 daddr` (the family comes from the table).
+    Addr(AddrField),
+    /// `meta l4proto`
+    L4Proto,
+    /// `th dport`: the transport header's destination port, whatever the protocol.
+    ThDport,
+}
+
+/// Comparison operator of a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+}
+
+/// The closed list of statements svcproxy emits. Matches first, then actions, then
+/// verdicts; a rule is a sequence of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    // ----- matches -----
+    /// `ct state new`
+    CtStateNew,
+    /// `ip daddr 10.0.0.1`, `ip saddr != 10.0.0.0/8`: one address or one prefix.
+    Addr {
+        field: AddrField,
+        op: CmpOp,
+        value: IpNet,
+    },
+    /// `ip saddr @affinity-x`, `ip daddr @cluster-ips`: membership in a named set.
+    AddrInSet {
+        field: AddrField,
+        op: CmpOp,
+        set: String,
+    },
+    /// `ip saddr != { 1.2.3.0/24, 5.6.7.8 }`: membership in an anonymous interval set.
+    /// Only used where the list is short and per-service (firewall source ranges).
+    AddrInList {
+        field: AddrField,
+        op: CmpOp,
+        values: Vec<IpNet>,
+    },
+    /// `meta l4proto tcp`
+    L4Proto(L4Proto),
+    /// `tcp dport 80`: protocol-specific destination port (implies the protocol).
+    Dport {
+        proto: L4Proto,
+        port: u16,
+    },
+    /// `fib saddr type local` / `fib daddr type local`: is the address one of this host's?
+    FibAddrTypeLocal(AddrField),
+    /// `meta mark & 0x00004000 == 0x00000000`: the given mark bits are all clear.
+    MarkBitsClear(u32),
+    /// `numgen random mod N == V`: the random-choice cascade (see the layout notes).
+    NumgenRandomEq {
+        modulus: u32,
+        value: u32,
+    },
+
+    // ----- actions -----
+    /// `meta mark set meta mark | BITS`
+    MarkSetOr(u32),
+    /// `meta mark set meta mark ^ BITS`
+    MarkSetXor(u32),
+    /// `update @set { ip saddr }`: add or refresh the packet's source in a timeout set.
+    UpdateSetWithAddr {
+        set: String,
+        field: AddrField,
+    },
+    /// `masquerade fully-random`
+    MasqueradeFullyRandom,
+    /// `meta l4proto tcp dnat to 10.0.0.1:80` (`dnat to [fd00::1]:80` for IPv6). The
+    /// protocol match is part of the statement because nft needs it to accept a port.
+    Dnat {
+        proto: L4Proto,
+        addr: IpAddr,
+        port: u16,
+    },
+
+    // ----- verdicts -----
+    /// `KEY vmap @map`: look the key up in a named verdict map.
+    Vmap {
+        key: Vec<KeyExpr>,
+        map: String,
+    },
+    /// `reject` (ICMP port unreachable for the table's family).
+    Reject,
+    Verdict(Verdict),
+}
+
+/// Verdicts, as statements and as map values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+/// The data types a set key (or a concatenation component) can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    Ipv4Addr,
+    Ipv6Addr,
+    InetProto,
+    InetService,
+}
+
+impl KeyType {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            KeyType::Ipv4Addr => "ipv4_addr",
+            KeyType::Ipv6Addr => "ipv6_addr",
+            KeyType::InetProto => "inet_proto",
+            KeyType::InetService => "inet_service",
+        }
+    }
+}
+
+/// A named set (`data` is `None`) or map (`data` is `Some`). Maps in svcproxy are
+/// verdict maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    /// One type, or several for a concatenation (`ipv4_addr . inet_proto . inet_service`).
+    pub key: Vec<KeyType>,
+    /// `Some(MapData::Verdict)` for a verdict map.
+    pub data: Option<MapData>,
+    pub flags: SetFlags,
+    /// Default timeout for elements, in seconds (only with `flags.timeout`).
+    pub timeout_secs: Option<u32>,
+    pub comment: Option<String>,
+    /// Elements, sorted: the renderer and the diff rely on a canonical order.
+    pub elements: Vec<Element>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapData {
+    Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SetFlags {
+    /// Elements may be prefixes (`flags interval`).
+    pub interval: bool,
+    /// Elements expire (`flags timeout`).
+    pub timeout: bool,
+    /// Rules add elements from the packet path (`flags dynamic`).
+    pub dynamic: bool,
+}
+
+/// One value inside a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyValue {
+    /// An address or, in interval sets, a prefix.
+    Net(IpNet),
+    Proto(L4Proto),
+    Port(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Element {
+    /// One value per key component.
+    pub key: Vec<KeyValue>,
+    /// The verdict, for map elements.
+    pub verdict: Option<Verdict>,
+    pub comment: Option<String>,
+}

@@ -1,0 +1,230 @@
+//! nft JSON: the ruleset as `nft -j list ruleset` prints it (without handles), which
+//! `nft -j -f` also reads. Objects come in nft's listing order: table, sets and maps,
+//! chains, then rules chain by chain.
+
+use serde_json::{Value, json};
+
+use super::ir::*;
+use super::text::net_text;
+
+pub fn render(ruleset: &Ruleset) -> Value {
+    let mut objects = vec![json!({"metainfo": {"json_schema_version": 1}})];
+    for table in &ruleset.tables {
+        let family = table.family.keyword();
+        // nft 1.0.6 neither prints nor reads table comments in JSON.
+        objects.push(json!({"table": {"family": family, "name": table.name}}));
+        for set in &table.sets {
+            objects.push(set_json(table, set));
+        }
+        for chain in &table.chains {
+            let mut object = json!({"family": family, "table": table.name, "name": chain.name});
+            if let Some(base) = &chain.base {
+                object["type"] = json!(base.chain_type.keyword());
+                object["hook"] = json!(base.hook.keyword());
+                object["prio"] = json!(base.priority);
+                object["policy"] = json!("accept");
+            }
+            if let Some(comment) = &chain.comment {
+                object["comment"] = json!(comment);
+            }
+            objects.push(json!({ "chain": object }));
+        }
+        for chain in &table.chains {
+            for rule in &chain.rules {
+                let expr: Vec<Value> = rule
+                    .stmts
+                    .iter()
+                    .flat_map(|s| stmt_json(table.family, s))
+                    .collect();
+                let mut object = json!({
+                    "family": family, "table": table.name, "chain": chain.name, "expr": expr,
+                });
+                if let Some(comment) = &rule.comment {
+                    object["comment"] = json!(comment);
+                }
+                objects.push(json!({ "rule": object }));
+            }
+        }
+    }
+    json!({ "nftables": objects })
+}
+
+fn set_json(table: &Table, set: &Set) -> Value {
+    let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
+    let mut object = json!({
+        "family": table.family.keyword(),
+        "name": set.name,
+        "table": table.name,
+        "type": if key.len() == 1 { json!(key[0]) } else { json!(key) },
+    });
+    let mut flags = Vec::new();
+    if set.flags.dynamic {
+        flags.push("dynamic");
+    }
+    if set.flags.interval {
+        flags.push("interval");
+    }
+    if set.flags.timeout {
+        flags.push("timeout");
+    }
+    if !flags.is_empty() {
+        object["flags"] = json!(flags);
+    }
+    if let Some(timeout) = set.timeout_secs {
+        object["timeout"] = json!(timeout);
+    }
+    if let Some(comment) = &set.comment {
+        object["comment"] = json!(comment);
+    }
+    if set.data.is_some() {
+        object["map"] = json!("verdict");
+    }
+    if !set.elements.is_empty() {
+        let elements: Vec<Value> = set.elements.iter().map(element_json).collect();
+        object["elem"] = json!(elements);
+    }
+    let kind = if set.data.is_some() { "map" } else { "set" };
+    json!({ kind: object })
+}
+
+fn element_json(element: &Element) -> Value {
+    let mut key = if element.key.len() == 1 {
+        key_value_json(&element.key[0])
+    } else {
+        json!({"concat": element.key.iter().map(key_value_json).collect::<Vec<_>>()})
+    };
+    if let Some(comment) = &element.comment {
+        key = json!({"elem": {"val": key, "comment": comment}});
+    }
+    match &element.verdict {
+        Some(verdict) => json!([key, verdict_json(verdict)]),
+        None => key,
+    }
+}
+
+fn key_value_json(value: &KeyValue) -> Value {
+    match value {
+        KeyValue::Net(net) => net_json(net),
+        KeyValue::Proto(proto) => json!(proto.keyword()),
+        KeyValue::Port(port) => json!(port),
+    }
+}
+
+fn net_json(net: &ipnet::IpNet) -> Value {
+    if net.prefix_len() == net.max_prefix_len() {
+        json!(net_text(net))
+    } else {
+        json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}})
+    }
+}
+
+pub fn verdict_json(verdict: &Verdict) -> Value {
+    match verdict {
+        Verdict::Accept => json!({"accept": null}),
+        Verdict::Drop => json!({"drop": null}),
+        Verdict::Return => json!({"return": null}),
+        Verdict::Jump(chain) => json!({"jump": {"target": chain}}),
+        Verdict::Goto(chain) => json!({"goto": {"target": chain}}),
+    }
+}
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+fn op_json(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "==",
+        CmpOp::Ne => "!=",
+    }
+}
+
+fn matches(op: &str, left: Value, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn key_expr_json(family: Family, key: KeyExpr) -> Value {
+    match key {
+        KeyExpr::Addr(field) => payload(family.keyword(), field.keyword()),
+        KeyExpr::L4Proto => meta("l4proto"),
+        KeyExpr::ThDport => payload("th", "dport"),
+    }
+}
+
+/// One statement as nft JSON expressions (a DNAT is two: the protocol match and the
+/// nat statement).
+fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
+    let fam = family.keyword();
+    let one = match stmt {
+        Stmt::CtStateNew => matches("in", json!({"ct": {"key": "state"}}), json!("new")),
+        Stmt::Addr { field, op, value } => {
+            matches(op_json(*op), payload(fam, field.keyword()), net_json(value))
+        }
+        Stmt::AddrInSet { field, op, set } => matches(
+            op_json(*op),
+            payload(fam, field.keyword()),
+            json!(format!("@{set}")),
+        ),
+        Stmt::AddrInList { field, op, values } => {
+            let set: Vec<Value> = values.iter().map(net_json).collect();
+            matches(
+                op_json(*op),
+                payload(fam, field.keyword()),
+                json!({ "set": set }),
+            )
+        }
+        Stmt::L4Proto(proto) => matches("==", meta("l4proto"), json!(proto.keyword())),
+        Stmt::Dport { proto, port } => {
+            matches("==", payload(proto.keyword(), "dport"), json!(port))
+        }
+        Stmt::FibAddrTypeLocal(field) => matches(
+            "==",
+            json!({"fib": {"result": "type", "flags": [field.keyword()]}}),
+            json!("local"),
+        ),
+        Stmt::MarkBitsClear(bits) => matches("==", json!({"&": [meta("mark"), bits]}), json!(0)),
+        Stmt::NumgenRandomEq { modulus, value } => matches(
+            "==",
+            json!({"numgen": {"mode": "random", "mod": modulus, "offset": 0}}),
+            json!(value),
+        ),
+        Stmt::MarkSetOr(bits) => {
+            json!({"mangle": {"key": meta("mark"), "value": {"|": [meta("mark"), bits]}}})
+        }
+        Stmt::MarkSetXor(bits) => {
+            json!({"mangle": {"key": meta("mark"), "value": {"^": [meta("mark"), bits]}}})
+        }
+        Stmt::UpdateSetWithAddr { set, field } => json!({"set": {
+            "op": "update", "elem": payload(fam, field.keyword()), "set": format!("@{set}"),
+        }}),
+        Stmt::MasqueradeFullyRandom => json!({"masquerade": {"flags": "fully-random"}}),
+        Stmt::Dnat { proto, addr, port } => {
+            return vec![
+                matches("==", meta("l4proto"), json!(proto.keyword())),
+                json!({"dnat": {"addr": addr.to_string(), "port": port}}),
+            ];
+        }
+        Stmt::Vmap { key, map } => {
+            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
+            let key = if key.len() == 1 {
+                key.into_iter().next().unwrap_or(Value::Null)
+            } else {
+                json!({ "concat": key })
+            };
+            json!({"vmap": {"key": key, "data": format!("@{map}")}})
+        }
+        Stmt::Reject => {
+            let icmp = match family {
+                Family::Ip => "icmp",
+                Family::Ip6 => "icmpv6",
+            };
+            json!({"reject": {"type": icmp, "expr": "port-unreachable"}})
+        }
+        Stmt::Verdict(v) => verdict_json(v),
+    };
+    vec![one]
+}

@@ -1,0 +1,327 @@
+//! The backend-neutral plan: for every service port, in every family, what happens to
+//! each class of traffic. Plain data, decided once here and rendered by the nftables
+//! and IPVS backends (and read by `explain`); no backend makes a decision of its own.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::allocate::Allocation;
+use crate::endpoints::{self, Endpoint, EndpointSource};
+use crate::error::Diagnostic;
+use crate::model::{ServiceName, ServiceSpec, Snapshot};
+use crate::nft::ir::{Family, L4Proto};
+use crate::node::{NodeContext, NodePortAddresses};
+use crate::topology;
+
+/// Everything the backends need, per family in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// IPv4 first, then IPv6; only families that have at least one service port or
+    /// node setting.
+    pub families: Vec<FamilyPlan>,
+    /// Values svcproxy chose for manifests that left them out.
+    pub allocations: Vec<Allocation>,
+    /// Objects skipped because they were invalid.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// The node settings of one family, and its service ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPlan {
+    pub family: Family,
+    /// Pod CIDRs of this family: sources inside them are pods.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Service CIDRs of this family: unallocated addresses inside are dropped.
+    pub service_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
+    pub node_ip: Option<IpAddr>,
+    pub masquerade_all: bool,
+    pub masquerade_mark: u32,
+    /// Sorted by namespace, name, port name, protocol.
+    pub ports: Vec<ServicePortPlan>,
+}
+
+/// `namespace/name:port-name` plus the protocol: one service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortId {
+    pub service: ServiceName,
+    pub port_name: String,
+    pub protocol: L4Proto,
+}
+
+impl std::fmt::Display for ServicePortId {
+    /// kube-proxy's service port name: `namespace/name:port` (`namespace/name` when the
+    /// port has no name).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.port_name.is_empty() {
+            write!(f, "{}", self.service)
+        } else {
+            write!(f, "{}:{}", self.service, self.port_name)
+        }
+    }
+}
+
+/// Which endpoint pool traffic is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Cluster,
+    Local,
+}
+
+/// What happens to one class of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Load-balanced over the endpoints of a pool.
+    Forward(Pool),
+    /// Endpoints exist, but none this traffic may use (a Local policy with no local
+    /// endpoint): silently dropped, the client may find another node.
+    Drop,
+    /// No usable endpoint anywhere: rejected, so the client fails fast.
+    Reject,
+}
+
+/// Which ClusterIP traffic is masqueraded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Masquerade {
+    /// Everything (`--masquerade-all`).
+    All,
+    /// Sources outside these pod CIDRs (off-cluster clients, the node itself).
+    NotFrom(Vec<IpNet>),
+    /// Nothing: no pod CIDR is known, so pods cannot be told apart.
+    Never,
+}
+
+/// External traffic: NodePorts, externalIPs, LoadBalancer IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalPlan {
+    /// For traffic from outside the cluster.
+    pub disposition: Disposition,
+    /// externalTrafficPolicy Local: traffic from pods goes to the cluster pool
+    /// unmasqueraded, traffic from the node goes there masqueraded, the rest keeps its
+    /// source and uses only local endpoints. With Cluster policy everything is
+    /// masqueraded.
+    pub policy_local: bool,
+    /// loadBalancerSourceRanges, for LoadBalancer IPs only.
+    pub firewall: Option<Firewall>,
+}
+
+/// Sources allowed to reach the LoadBalancer IPs; everything else is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    /// Empty when the ranges are all of the other family: nothing of this family is
+    /// allowed (kube-proxy would instead leave this family wide open).
+    pub allowed: Vec<IpNet>,
+}
+
+/// One service port in one family: the unit every backend renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortPlan {
+    pub id: ServicePortId,
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub health_check_node_port: Option<u16>,
+    pub ipvs_scheduler: Option<String>,
+    pub endpoint_source: EndpointSource,
+    /// Every endpoint known for this port (any state, any node), sorted.
+    pub all_endpoints: Vec<Endpoint>,
+    /// Endpoints for Cluster policy (empty when the policy is never used).
+    pub cluster_endpoints: Vec<Endpoint>,
+    /// Endpoints for Local policy (empty when unused or none is local).
+    pub local_endpoints: Vec<Endpoint>,
+    /// Any usable endpoint anywhere in the cluster.
+    pub has_endpoints: bool,
+    /// ClusterIP traffic.
+    pub internal: Disposition,
+    pub internal_masquerade: Masquerade,
+    /// `None` unless the port has a NodePort, an externalIP or a LoadBalancer IP.
+    pub external: Option<ExternalPlan>,
+}
+
+impl ServicePortPlan {
+    pub fn endpoints(&self, pool: Pool) -> &[Endpoint] {
+        match pool {
+            Pool::Cluster => &self.cluster_endpoints,
+            Pool::Local => &self.local_endpoints,
+        }
+    }
+
+    /// Endpoints some traffic of this node can reach: the union of both pools, sorted.
+    pub fn reachable_endpoints(&self) -> Vec<&Endpoint> {
+        let mut all: Vec<&Endpoint> = self
+            .cluster_endpoints
+            .iter()
+            .chain(&self.local_endpoints)
+            .collect();
+        all.sort_by_key(|e| (e.ip, e.port));
+        all.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        all
+    }
+
+    /// Does any traffic use this pool? Then its rules must exist. (Pools are only
+    /// filled when some traffic class may use them.)
+    pub fn uses_pool(&self, pool: Pool) -> bool {
+        !self.endpoints(pool).is_empty()
+    }
+}
+
+/// Builds the plan. `services` are validated and allocated.
+pub fn build(snapshot: &Snapshot, services: &[ServiceSpec], node: &NodeContext) -> Vec<FamilyPlan> {
+    let mut families = Vec::new();
+    for family in [Family::Ip, Family::Ip6] {
+        let mut ports = Vec::new();
+        for service in services.iter().filter(|s| s.is_proxied()) {
+            let Some(cluster_ip) = service
+                .cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| Family::of(ip) == family)
+            else {
+                continue;
+            };
+            for port in &service.ports {
+                ports.push(plan_port(snapshot, service, port, family, cluster_ip, node));
+            }
+        }
+        let in_use = !ports.is_empty()
+            || node.node_ip(family).is_some()
+            || !node.service_cidrs(family).is_empty();
+        if !in_use {
+            continue;
+        }
+        ports.sort_by(|a, b| a.id.cmp(&b.id));
+        let cluster_cidrs = node.cluster_cidrs(family);
+        families.push(FamilyPlan {
+            family,
+            service_cidrs: node.service_cidrs(family),
+            nodeport_addresses: node.nodeport_addresses(family),
+            node_ip: node.node_ip(family),
+            masquerade_all: node.masquerade_all,
+            masquerade_mark: node.masquerade_mark(),
+            cluster_cidrs,
+            ports,
+        });
+    }
+    families
+}
+
+fn plan_port(
+    snapshot: &Snapshot,
+    service: &ServiceSpec,
+    port: &crate::model::ServicePortSpec,
+    family: Family,
+    cluster_ip: IpAddr,
+    node: &NodeContext,
+) -> ServicePortPlan {
+    let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+        ips.iter()
+            .copied()
+            .filter(|ip| Family::of(ip) == family)
+            .collect()
+    };
+    let external_ips = of_family(&service.external_ips);
+    let load_balancer_ips = of_family(&service.load_balancer_ips);
+    let externally_accessible =
+        port.node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
+    let external_local = externally_accessible && service.external_policy_local;
+    let internal_local = service.internal_policy_local;
+
+    // kube-proxy's UsesClusterEndpoints / UsesLocalEndpoints: the cluster pool also
+    // serves the short-circuit of a Local external policy.
+    let uses_cluster = !internal_local || externally_accessible;
+    let uses_local = internal_local || external_local;
+    let (all, source) = endpoints::resolve(snapshot, service, port, family, node);
+    let pools = topology::categorize(
+        &all,
+        uses_cluster,
+        uses_local,
+        node.node_name.as_deref(),
+        node.node_zone.as_deref(),
+    );
+
+    let internal = if !pools.has_any {
+        Disposition::Reject
+    } else if internal_local {
+        if pools.local.is_empty() {
+            Disposition::Drop
+        } else {
+            Disposition::Forward(Pool::Local)
+        }
+    } else {
+        Disposition::Forward(Pool::Cluster)
+    };
+    let cluster_cidrs = node.cluster_cidrs(family);
+    let internal_masquerade = if node.masquerade_all {
+        Masquerade::All
+    } else if cluster_cidrs.is_empty() {
+        Masquerade::Never
+    } else {
+        Masquerade::NotFrom(cluster_cidrs)
+    };
+
+    let external = externally_accessible.then(|| {
+        let disposition = if !pools.has_any {
+            Disposition::Reject
+        } else if external_local {
+            if pools.local.is_empty() {
+                Disposition::Drop
+            } else {
+                Disposition::Forward(Pool::Local)
+            }
+        } else {
+            Disposition::Forward(Pool::Cluster)
+        };
+        let firewall =
+            (!load_balancer_ips.is_empty() && !service.source_ranges.is_empty()).then(|| {
+                let mut allowed: Vec<IpNet> = service
+                    .source_ranges
+                    .iter()
+                    .copied()
+                    .filter(|net| Family::of(&net.addr()) == family)
+                    .collect();
+                // A LoadBalancer VIP often loops back to the node with itself as source:
+                // when the ranges admit the node, admit the VIPs too.
+                let admits_node = node
+                    .node_ip(family)
+                    .is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)));
+                if admits_node {
+                    allowed.extend(load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+                }
+                Firewall { allowed }
+            });
+        ExternalPlan {
+            disposition,
+            policy_local: external_local,
+            firewall,
+        }
+    });
+
+    ServicePortPlan {
+        id: ServicePortId {
+            service: service.name.clone(),
+            port_name: port.name.clone(),
+            protocol: port.protocol,
+        },
+        cluster_ip,
+        port: port.port,
+        node_port: port.node_port,
+        external_ips,
+        load_balancer_ips,
+        affinity_timeout: service.affinity_timeout,
+        health_check_node_port: service.health_check_node_port,
+        ipvs_scheduler: service.ipvs_scheduler.clone(),
+        endpoint_source: source,
+        all_endpoints: all,
+        cluster_endpoints: pools.cluster,
+        local_endpoints: pools.local,
+        has_endpoints: pools.has_any,
+        internal,
+        internal_masquerade,
+        external,
+    }
+}
