@@ -1,1 +1,3 @@
 //! svcproxy agent library.
+pub mod cli;
+pub mod source;

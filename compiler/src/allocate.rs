@@ -89,11 +89,11 @@ pub fn allocate(
             let Some(node_port) = port.node_port else {
                 continue;
             };
-            let owner = format!("{} port {:?}", service.name, port.name);
+            let owner = service.name.to_string();
             // A NodePort is one number on the node, whatever the protocol: two
-            // services cannot share it.
+            // services cannot share it (one Service may, for TCP and UDP).
             match port_owner.get(&node_port) {
-                Some(other) if !other.starts_with(&format!("{} ", service.name)) => {
+                Some(other) if *other != owner => {
                     fatal.push(conflict(
                         service,
                         &format!("spec.ports[{i}].nodePort"),
@@ -139,7 +139,7 @@ pub fn allocate(
                     service.cluster_ips.push(ip);
                     allocations.push(Allocation {
                         service: service.name.to_string(),
-                        what: format!("clusterIP {ip} (from {cidr})"),
+                        what: format!("clusterIP {ip} from {cidr}"),
                     });
                 }
                 None => {
@@ -166,7 +166,7 @@ pub fn allocate(
                     failed = Some("the NodePort range 30000-32767 is full".to_string());
                     break;
                 };
-                port_owner.insert(node_port, format!("{name} port {:?}", port.name));
+                port_owner.insert(node_port, name.clone());
                 port.node_port = Some(node_port);
                 allocations.push(Allocation {
                     service: name.clone(),
@@ -181,8 +181,9 @@ pub fn allocate(
             warnings.push(
                 Diagnostic::new(
                     &service.origin,
-                    "nodePort is ignored: only NodePort and LoadBalancer Services have NodePorts",
+                    "only NodePort and LoadBalancer Services have NodePorts",
                 )
+                .skipping("nodePort")
                 .object(service.object())
                 .field("spec.ports[].nodePort"),
             );
@@ -283,12 +284,10 @@ fn display_port_name(name: &str, port: u16) -> String {
 }
 
 fn skip(service: &ServiceSpec, field: &str, message: String) -> Diagnostic {
-    Diagnostic::new(
-        &service.origin,
-        format!("{message}; the Service is skipped"),
-    )
-    .object(service.object())
-    .field(field)
+    Diagnostic::new(&service.origin, message)
+        .skipping("Service")
+        .object(service.object())
+        .field(field)
 }
 
 fn conflict(service: &ServiceSpec, field: &str, message: String) -> Diagnostic {

@@ -37,6 +37,9 @@ pub struct Diagnostic {
     /// The field path inside the object, like `spec.ports[0].port`.
     pub field: Option<String>,
     pub message: String,
+    /// What svcproxy did about it when it carried on (`the Service is skipped`);
+    /// `None` when the problem is fatal.
+    pub skipped: Option<String>,
 }
 
 impl Diagnostic {
@@ -46,7 +49,20 @@ impl Diagnostic {
             object: None,
             field: None,
             message: message.into(),
+            skipped: None,
         }
+    }
+
+    /// Marks the problem as tolerated: the named thing is left out, the rest compiles.
+    pub fn skipping(mut self, what: &str) -> Self {
+        self.skipped = Some(format!("the {what} is skipped"));
+        self
+    }
+
+    /// The same problem, reported as fatal (`--strict`).
+    pub fn fatal(mut self) -> Self {
+        self.skipped = None;
+        self
     }
 
     pub fn object(mut self, object: impl Into<String>) -> Self {
@@ -70,7 +86,11 @@ impl fmt::Display for Diagnostic {
             write!(f, ": {field}")?;
         }
         // Keep the whole diagnostic on one line whatever the underlying error printed.
-        write!(f, ": {}", self.message.replace('\n', " "))
+        write!(f, ": {}", self.message.replace('\n', " "))?;
+        if let Some(skipped) = &self.skipped {
+            write!(f, "; {skipped}")?;
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,10 @@
 //! 5. a backend renders the plan: [`nft::layout`] builds the nftables ruleset that
 //!    [`nft::text`] and [`nft::json`] print.
 
+// Diagnostics carry file, object, field and message: large, but only on error paths,
+// where clarity beats a boxed indirection.
+#![allow(clippy::result_large_err)]
+
 pub mod addr;
 pub mod allocate;
 pub mod endpoints;
@@ -88,7 +92,10 @@ pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError>
     if !errors.is_empty() {
         return Err(CompileError::Invalid(errors));
     }
-    let snapshot = Snapshot::from_objects(objects).map_err(CompileError::Invalid)?;
+    let snapshot = Snapshot::from_objects(objects).map_err(|mut e| {
+        e.sort();
+        CompileError::Invalid(e)
+    })?;
     let mut warnings = snapshot.warnings.clone();
     let allocated = allocate::allocate(snapshot.services.clone(), &options.node)
         .map_err(CompileError::Invalid)?;
@@ -97,11 +104,11 @@ pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError>
     if !conflicts.is_empty() {
         return Err(CompileError::Invalid(conflicts));
     }
+    warnings.sort();
     if options.strict && !warnings.is_empty() {
-        return Err(CompileError::Invalid(warnings));
-    }
-    for warning in &warnings {
-        tracing::warn!("{warning}");
+        return Err(CompileError::Invalid(
+            warnings.into_iter().map(Diagnostic::fatal).collect(),
+        ));
     }
     let families = plan::build(&snapshot, &allocated.services, &options.node);
     Ok(Plan {

@@ -334,7 +334,8 @@ fn convert_service(
 ) -> Result<ServiceSpec, Diagnostic> {
     let object = format!("Service {name}");
     let mut spec = service_spec(service, name).map_err(|e| {
-        Diagnostic::new(origin, format!("{}; the Service is skipped", e.message))
+        Diagnostic::new(origin, e.message)
+            .skipping("Service")
             .object(object)
             .field(e.field)
     })?;
@@ -633,12 +634,10 @@ fn convert_slice(
 ) -> Result<Option<(ServiceName, EndpointGroup)>, Diagnostic> {
     let object = format!("EndpointSlice {namespace}/{name}");
     let fail = |e: FieldError| {
-        Diagnostic::new(
-            origin,
-            format!("{}; the EndpointSlice is skipped", e.message),
-        )
-        .object(object.clone())
-        .field(e.field)
+        Diagnostic::new(origin, e.message)
+            .skipping("EndpointSlice")
+            .object(object.clone())
+            .field(e.field)
     };
     let Some(owner) = slice
         .metadata
@@ -691,11 +690,9 @@ fn convert_slice(
                 warnings.push(
                     Diagnostic::new(
                         origin,
-                        format!(
-                            "{ip} is not an {} address; the endpoint is skipped",
-                            slice.address_type
-                        ),
+                        format!("{ip} is not an {} address", slice.address_type),
                     )
+                    .skipping("endpoint")
                     .object(object.clone())
                     .field(field),
                 );
@@ -703,7 +700,8 @@ fn convert_slice(
             }
             Err(message) => {
                 warnings.push(
-                    Diagnostic::new(origin, format!("{message}; the endpoint is skipped"))
+                    Diagnostic::new(origin, message)
+                        .skipping("endpoint")
                         .object(object.clone())
                         .field(field),
                 );
@@ -759,12 +757,10 @@ fn convert_endpoints(
 ) -> Result<Vec<EndpointGroup>, Diagnostic> {
     let object = format!("Endpoints {name}");
     let fail = |e: FieldError| {
-        Diagnostic::new(
-            origin,
-            format!("{}; the Endpoints object is skipped", e.message),
-        )
-        .object(object.clone())
-        .field(e.field)
+        Diagnostic::new(origin, e.message)
+            .skipping("Endpoints object")
+            .object(object.clone())
+            .field(e.field)
     };
     let mut groups = Vec::new();
     for (s, subset) in endpoints.subsets.iter().flatten().enumerate() {
@@ -820,7 +816,8 @@ fn convert_pod(
 ) -> Result<Option<PodSpec>, Diagnostic> {
     let object = format!("Pod {namespace}/{name}");
     let fail = |e: FieldError| {
-        Diagnostic::new(origin, format!("{}; the Pod is skipped", e.message))
+        Diagnostic::new(origin, e.message)
+            .skipping("Pod")
             .object(object.clone())
             .field(e.field)
     };

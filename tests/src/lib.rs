@@ -20,6 +20,7 @@
 
 use std::io::Write as _;
 
+pub mod fixtures;
 pub mod netns;
 pub mod testd;
 pub mod topology;

@@ -1,6 +1,7 @@
-//! nft JSON: the ruleset as `nft -j list ruleset` prints it (without handles), which
-//! `nft -j -f` also reads. Objects come in nft's listing order: table, sets and maps,
-//! chains, then rules chain by chain.
+//! nft JSON: the ruleset in the schema of `nft -j list ruleset` (without handles),
+//! which `nft -j -f` also reads. Objects come in the order `nft -j -f` needs them:
+//! table, chains, sets and maps (their verdict elements name chains), then rules chain
+//! by chain. (`nft -j list` prints sets before chains; the objects are the same.)
 
 use serde_json::{Value, json};
 
@@ -13,9 +14,6 @@ pub fn render(ruleset: &Ruleset) -> Value {
         let family = table.family.keyword();
         // nft 1.0.6 neither prints nor reads table comments in JSON.
         objects.push(json!({"table": {"family": family, "name": table.name}}));
-        for set in &table.sets {
-            objects.push(set_json(table, set));
-        }
         for chain in &table.chains {
             let mut object = json!({"family": family, "table": table.name, "name": chain.name});
             if let Some(base) = &chain.base {
@@ -28,6 +26,9 @@ pub fn render(ruleset: &Ruleset) -> Value {
                 object["comment"] = json!(comment);
             }
             objects.push(json!({ "chain": object }));
+        }
+        for set in &table.sets {
+            objects.push(set_json(table, set));
         }
         for chain in &table.chains {
             for rule in &chain.rules {
@@ -57,10 +58,9 @@ fn set_json(table: &Table, set: &Set) -> Value {
         "table": table.name,
         "type": if key.len() == 1 { json!(key[0]) } else { json!(key) },
     });
+    // nft's JSON schema (1.0.6) has no "dynamic" flag: it neither prints nor reads it.
+    // The kernel marks a set dynamic when an `update` rule binds it.
     let mut flags = Vec::new();
-    if set.flags.dynamic {
-        flags.push("dynamic");
-    }
     if set.flags.interval {
         flags.push("interval");
     }

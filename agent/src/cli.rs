@@ -1,0 +1,187 @@
+//! The command line: flags, subcommands, and what each subcommand does.
+//!
+//! `main` only parses, sets up logging and calls [`Cli::execute`]; tests call
+//! `execute` directly with in-memory writers.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use svcproxy_compiler::addr::{parse_cidr, parse_ip};
+use svcproxy_compiler::{NodeContext, Options};
+
+/// svcproxy: a Kubernetes service proxy.
+#[derive(Debug, Parser)]
+#[command(name = "svcproxy", version, about)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a snapshot and print the rules (a dry run: nothing touches the kernel).
+    Compile {
+        #[arg(long, value_enum, default_value_t = Backend::Nftables)]
+        backend: Backend,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+        #[command(flatten)]
+        node: NodeFlags,
+        #[command(flatten)]
+        snapshot: SnapshotArgs,
+    },
+}
+
+/// Exit status for input that cannot be used (bad snapshot, bad flags), like clap's
+/// usage errors.
+pub const EXIT_INVALID_INPUT: u8 = 2;
+/// Exit status for everything else that fails (writing output, the kernel).
+pub const EXIT_FAILURE: u8 = 1;
+
+impl Cli {
+    /// Runs the subcommand. Output goes to `out`, errors and warnings to `err`; the
+    /// return value is the exit status.
+    pub fn execute(&self, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+        match &self.command {
+            Command::Compile {
+                backend,
+                output,
+                node,
+                snapshot,
+            } => compile(*backend, *output, node, snapshot, out, err),
+        }
+    }
+}
+
+fn compile(
+    backend: Backend,
+    output: OutputFormat,
+    node: &NodeFlags,
+    snapshot: &SnapshotArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let options = node.options();
+    let sources = match crate::source::read_sources(&snapshot.snapshots, options.max_input_bytes) {
+        Ok(sources) => sources,
+        Err(e) => return invalid(err, &e.to_string()),
+    };
+    let plan = match svcproxy_compiler::plan(&sources, &options) {
+        Ok(plan) => plan,
+        Err(e) => return invalid(err, &e.to_string()),
+    };
+    for warning in &plan.warnings {
+        let _ = writeln!(err, "warning: {warning}");
+    }
+    let rendered = match (backend, output) {
+        (Backend::Nftables, OutputFormat::Text) => svcproxy_compiler::render_nftables(&plan),
+        (Backend::Nftables, OutputFormat::Json) => svcproxy_compiler::render_nftables_json(&plan),
+    };
+    if let Err(e) = out.write_all(rendered.as_bytes()).and_then(|_| out.flush()) {
+        let _ = writeln!(err, "error: writing the output: {e}");
+        return EXIT_FAILURE;
+    }
+    0
+}
+
+/// Prints each line of an input error; returns the input-error exit status. Nothing
+/// has been written to the output at this point.
+fn invalid(err: &mut dyn Write, message: &str) -> u8 {
+    for line in message.lines() {
+        let _ = writeln!(err, "error: {line}");
+    }
+    EXIT_INVALID_INPUT
+}
+
+/// What the compiler must know about the node (kube-proxy's flags of the same names).
+#[derive(Debug, Clone, Args)]
+pub struct NodeFlags {
+    /// This node's name: endpoints with this nodeName are local.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// This node's zone, for topology hints (topology.kubernetes.io/zone).
+    #[arg(long, value_name = "ZONE")]
+    pub node_zone: Option<String>,
+    /// This node's IP (repeatable; the first of each family is the primary).
+    #[arg(long = "node-ip", value_name = "IP", value_parser = ip_arg)]
+    pub node_ips: Vec<IpAddr>,
+    /// Pod CIDR (repeatable, per family): sources inside are pods.
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = cidr_arg)]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Service CIDR (repeatable): ClusterIPs are allocated from it, unallocated
+    /// addresses in it are dropped.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = cidr_arg)]
+    pub service_cidrs: Vec<IpNet>,
+    /// Where NodePorts answer (repeatable CIDRs). Default: the node IPs;
+    /// 0.0.0.0/0 or ::/0: every local address.
+    #[arg(long = "nodeport-addresses", value_name = "CIDR", value_parser = cidr_arg)]
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Masquerade every connection to a ClusterIP, not only those from outside the pods.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// The packet-mark bit that requests masquerade.
+    #[arg(long, default_value_t = 14, value_name = "BIT", value_parser = clap::value_parser!(u8).range(0..=31))]
+    pub masquerade_bit: u8,
+    /// Fail on any invalid object instead of skipping it with a warning.
+    #[arg(long)]
+    pub strict: bool,
+    /// Refuse snapshots larger than this many bytes.
+    #[arg(long, default_value_t = svcproxy_compiler::DEFAULT_MAX_INPUT_BYTES, value_name = "BYTES")]
+    pub max_input_bytes: usize,
+}
+
+impl NodeFlags {
+    pub fn options(&self) -> Options {
+        Options {
+            node: NodeContext {
+                node_name: self.node_name.clone(),
+                node_zone: self.node_zone.clone(),
+                node_ips: self.node_ips.clone(),
+                cluster_cidrs: self.cluster_cidrs.clone(),
+                service_cidrs: self.service_cidrs.clone(),
+                nodeport_addresses: self.nodeport_addresses.clone(),
+                masquerade_all: self.masquerade_all,
+                masquerade_bit: self.masquerade_bit,
+            },
+            strict: self.strict,
+            max_input_bytes: self.max_input_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Nftables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// nft text, for `nft -f`.
+    Text,
+    /// nft JSON, as `nft -j list ruleset` prints it.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// Snapshot files or directories (YAML or JSON; `-` for stdin).
+    #[arg(required = true, value_name = "SNAPSHOT")]
+    pub snapshots: Vec<PathBuf>,
+}
+
+fn ip_arg(text: &str) -> Result<IpAddr, String> {
+    parse_ip(text)
+}
+
+fn cidr_arg(text: &str) -> Result<IpNet, String> {
+    parse_cidr(text)
+}
