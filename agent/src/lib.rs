@@ -1,3 +1,4 @@
 //! svcproxy agent library.
 pub mod cli;
 pub mod source;
+pub mod ipvs;

@@ -24,6 +24,7 @@ pub mod fixtures;
 pub mod netns;
 pub mod testd;
 pub mod topology;
+pub mod uml;
 
 pub use netns::{Netns, Process};
 pub use testd::{Outcome, ProbeOpts, Proto, probe, probe_with, serve, set_testd_path};
