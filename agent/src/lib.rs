@@ -1,4 +1,4 @@
 //! svcproxy agent library.
 pub mod cli;
-pub mod source;
 pub mod ipvs;
+pub mod source;
