@@ -1,4 +1,5 @@
 //! svcproxy agent library.
 pub mod cli;
 pub mod ipvs;
+pub mod nftables;
 pub mod source;

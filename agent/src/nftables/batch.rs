@@ -1,0 +1,288 @@
+//! Transactions: an ordered list of requests the kernel applies all together or not
+//! at all, built from IR objects.
+//!
+//! Within a batch, objects refer to each other by name (or, for anonymous sets, by a
+//! transaction-local set id), so order matters: a table before its chains and sets,
+//! every chain before any rule (rules may jump forward), sets and their elements
+//! before the rules that look them up, an anonymous set right before its rule.
+
+use ipnet::IpNet;
+use svcproxy_compiler::nft::ir::{Element, Family, KeyValue, Rule, Set, SetFlags, Table};
+
+use super::attr::Attr;
+use super::element::element_attrs;
+use super::error::{Error, Result};
+use super::msg::Message;
+use super::rule::{AnonAddrSet, encode_stmts};
+use super::set::{ANON_SET_NAME, SetKind, set_attrs};
+
+/// Element nests per message are capped so that `NFTA_SET_ELEM_LIST_ELEMENTS`, whose
+/// length is a u16, never overflows; 32 KiB also keeps single allocations modest.
+const MAX_ELEMENT_BYTES_PER_MESSAGE: usize = 32 * 1024;
+
+/// A transaction under construction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    messages: Vec<Message>,
+    /// Transaction-local ids for the sets this batch creates (`NFTA_SET_ID`).
+    next_set_id: u32,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Number of requests so far (batch begin/end not counted).
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Size of the requests on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.messages.iter().map(Message::wire_len).sum()
+    }
+
+    pub(crate) fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Removes the table and everything in it, creating it first if it does not exist:
+    /// `DELTABLE` alone would fail the whole batch with `ENOENT` on a fresh host.
+    pub fn delete_table_if_exists(&mut self, family: Family, name: &str) -> Result<()> {
+        self.messages.push(Message::new_table(family, name, None)?);
+        self.messages.push(Message::delete_table(family, name));
+        Ok(())
+    }
+
+    /// Creates the table with all its sets, elements, chains and rules. The table must
+    /// not exist at this point of the transaction.
+    pub fn add_table(&mut self, table: &Table) -> Result<()> {
+        let family = table.family;
+        let name = table.name.as_str();
+        self.messages
+            .push(Message::new_table(family, name, table.comment.as_deref())?);
+        for chain in &table.chains {
+            self.messages.push(Message::new_chain(family, name, chain)?);
+        }
+        for set in &table.sets {
+            self.add_set(family, name, set)?;
+        }
+        for chain in &table.chains {
+            for (index, rule) in chain.rules.iter().enumerate() {
+                self.add_rule(family, name, &chain.name, index, rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a named set or map and adds its elements.
+    pub fn add_set(&mut self, family: Family, table: &str, set: &Set) -> Result<()> {
+        let id = self.take_set_id();
+        self.messages.push(Message::new_set(
+            family,
+            table,
+            &set.name,
+            set_attrs(table, set, id, SetKind::Named)?,
+        ));
+        self.push_elements(
+            family,
+            table,
+            &set.name,
+            Some(id),
+            element_attrs(set)?,
+            false,
+        );
+        Ok(())
+    }
+
+    /// Adds elements to an existing set (the set's key and flags tell how to encode them).
+    pub fn add_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &Set,
+        elements: &[Element],
+    ) -> Result<()> {
+        let nests = element_attrs(&Set {
+            elements: elements.to_vec(),
+            ..set.clone()
+        })?;
+        self.push_elements(family, table, &set.name, None, nests, false);
+        Ok(())
+    }
+
+    /// Deletes elements from an existing set.
+    pub fn delete_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &Set,
+        elements: &[Element],
+    ) -> Result<()> {
+        let nests = element_attrs(&Set {
+            elements: elements.to_vec(),
+            ..set.clone()
+        })?;
+        self.push_elements(family, table, &set.name, None, nests, true);
+        Ok(())
+    }
+
+    /// Appends a rule to a chain, preceded by the anonymous sets it uses.
+    pub fn add_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        index: usize,
+        rule: &Rule,
+    ) -> Result<()> {
+        let mut anon_sets = Vec::new();
+        let exprs = encode_stmts(family, &rule.stmts, &mut |anon| {
+            let id = self.take_set_id();
+            anon_sets.push((id, anon));
+            id
+        })
+        .map_err(|e| Error::encode(format!("rule #{index} of chain {table}/{chain}: {e}")))?;
+        for (id, anon) in anon_sets {
+            self.add_anon_set(family, table, id, anon)?;
+        }
+        self.messages.push(Message::new_rule(
+            family,
+            table,
+            chain,
+            index,
+            &exprs,
+            rule.comment.as_deref(),
+        )?);
+        Ok(())
+    }
+
+    fn add_anon_set(
+        &mut self,
+        family: Family,
+        table: &str,
+        id: u32,
+        anon: AnonAddrSet,
+    ) -> Result<()> {
+        let set = anon_addr_set(family, &anon.values);
+        let elements = element_attrs(&set)?;
+        let kind = SetKind::AnonAddrs {
+            family,
+            field: anon.field,
+            elements: elements.len() as u32,
+        };
+        self.messages.push(Message::new_set(
+            family,
+            table,
+            ANON_SET_NAME,
+            set_attrs(table, &set, id, kind)?,
+        ));
+        self.push_elements(family, table, ANON_SET_NAME, Some(id), elements, false);
+        Ok(())
+    }
+
+    /// Splits element nests over as many messages as their size needs.
+    fn push_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        set_id: Option<u32>,
+        nests: Vec<Attr>,
+        delete: bool,
+    ) {
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for nest in nests {
+            let len = nest.wire_len();
+            if !chunk.is_empty() && chunk_bytes + len > MAX_ELEMENT_BYTES_PER_MESSAGE {
+                let full = std::mem::take(&mut chunk);
+                self.messages.push(Message::set_elements(
+                    family, table, set, set_id, full, delete,
+                ));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += len;
+            chunk.push(nest);
+        }
+        if !chunk.is_empty() {
+            self.messages.push(Message::set_elements(
+                family, table, set, set_id, chunk, delete,
+            ));
+        }
+    }
+
+    fn take_set_id(&mut self) -> u32 {
+        self.next_set_id += 1;
+        self.next_set_id
+    }
+}
+
+/// The IR set an anonymous `{ address-or-prefix, ... }` list stands for. Like nft, a
+/// list of plain addresses becomes a hash set, anything with a prefix an interval set.
+fn anon_addr_set(family: Family, values: &[IpNet]) -> Set {
+    let interval = values.iter().any(|v| v.prefix_len() != v.max_prefix_len());
+    Set {
+        name: ANON_SET_NAME.to_string(),
+        key: vec![super::layout::addr_type(family)],
+        data: None,
+        flags: SetFlags {
+            interval,
+            ..SetFlags::default()
+        },
+        timeout_secs: None,
+        comment: None,
+        elements: values
+            .iter()
+            .map(|v| Element {
+                key: vec![KeyValue::Net(*v)],
+                verdict: None,
+                comment: None,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svcproxy_compiler::nft::ir::{KeyType, L4Proto, MapData, Verdict};
+
+    #[test]
+    fn large_element_lists_are_split() {
+        let elements: Vec<Element> = (0..5000u32)
+            .map(|i| Element {
+                key: vec![
+                    KeyValue::Net(IpNet::from(std::net::IpAddr::from(
+                        (0x0a00_0000 + i).to_be_bytes(),
+                    ))),
+                    KeyValue::Proto(L4Proto::Tcp),
+                    KeyValue::Port(80),
+                ],
+                verdict: Some(Verdict::Goto(format!("svc-{i}"))),
+                comment: None,
+            })
+            .collect();
+        let set = Set {
+            name: "svc-ips".into(),
+            key: vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+            data: Some(MapData::Verdict),
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            elements,
+        };
+        let mut batch = Batch::new();
+        batch.add_set(Family::Ip, "svc", &set).unwrap();
+        let element_messages = &batch.messages()[1..];
+        assert!(element_messages.len() > 5);
+        for m in element_messages {
+            assert!(m.wire_len() < MAX_ELEMENT_BYTES_PER_MESSAGE + 256);
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Set elements: their encoding in `NEWSETELEM`, and the way back from a dump.
+//!
+//! Encodings follow nft:
+//! - plain keys: one element per value;
+//! - single-type interval sets (rbtree): a prefix is a start element plus an element
+//!   flagged `INTERVAL_END` holding the first address after it; nft also sends an
+//!   end element at address 0 when the first interval does not start there, and
+//!   leaves the end out (marking the start "open" in its userdata) when an interval
+//!   runs to the top of the address space;
+//! - concatenated interval sets (pipapo): one element with `KEY` and `KEY_END`, both
+//!   inclusive.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use svcproxy_compiler::nft::ir::{Element, KeyValue, MapData, Set, Verdict};
+
+use super::attr::{Attr, Attrs};
+use super::error::{Error, Result};
+use super::expr::{Data, parse_data, value_attr, verdict_attr};
+use super::layout;
+use super::set::SetInfo;
+use super::uapi::elem as el;
+use super::udata;
+
+/// The element nests (`NFTA_LIST_ELEM`) that add `set`'s elements, in the order nft
+/// sends them. The caller splits them over messages.
+pub(crate) fn element_attrs(set: &Set) -> Result<Vec<Attr>> {
+    let elements = &set.elements;
+    if set.flags.interval && set.key.len() == 1 {
+        return rbtree_elements(set);
+    }
+    let mut out = Vec::with_capacity(elements.len());
+    for element in elements {
+        let mut attrs = vec![value_attr(
+            el::KEY,
+            &layout::key_bytes(&set.key, &element.key)?,
+        )];
+        if set.flags.interval {
+            attrs.push(value_attr(
+                el::KEY_END,
+                &layout::key_end_bytes(&set.key, &element.key)?,
+            ));
+        } else {
+            require_hosts(set, element)?;
+        }
+        push_data_and_comment(set, element, false, &mut attrs)?;
+        out.push(Attr::nested(1, attrs));
+    }
+    Ok(out)
+}
+
+fn require_hosts(set: &Set, element: &Element) -> Result<()> {
+    let prefix = element.key.iter().find_map(|value| match value {
+        KeyValue::Net(net) if net.prefix_len() != net.max_prefix_len() => Some(net),
+        _ => None,
+    });
+    match prefix {
+        Some(net) => Err(Error::encode(format!(
+            "set {}: prefix {net} in a set without flags interval",
+            set.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn push_data_and_comment(
+    set: &Set,
+    element: &Element,
+    open: bool,
+    attrs: &mut Vec<Attr>,
+) -> Result<()> {
+    match (&set.data, &element.verdict) {
+        (Some(MapData::Verdict), Some(verdict)) => {
+            attrs.push(Attr::nested(el::DATA, vec![verdict_attr(verdict)]));
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(Error::encode(format!(
+                "map {}: element without a verdict",
+                set.name
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(Error::encode(format!(
+                "set {}: element with a verdict",
+                set.name
+            )));
+        }
+    }
+    if element.comment.is_some() || open {
+        let mut w = udata::Writer::new();
+        if let Some(comment) = &element.comment {
+            udata::check_comment(comment)?;
+            w.put_str(udata::elem::COMMENT, comment)?;
+        }
+        if open {
+            w.put_u32(udata::elem::FLAGS, udata::elem::F_INTERVAL_OPEN)?;
+        }
+        attrs.push(Attr::bytes(el::USERDATA, w.finish()));
+    }
+    Ok(())
+}
+
+/// Start/end element pairs of a single-type interval set.
+fn rbtree_elements(set: &Set) -> Result<Vec<Attr>> {
+    let mut ranges = Vec::with_capacity(set.elements.len());
+    for element in &set.elements {
+        match element.key.as_slice() {
+            [KeyValue::Net(net)] => ranges.push((*net, element)),
+            _ => {
+                return Err(Error::encode(format!(
+                    "interval set {}: only address keys are supported",
+                    set.name
+                )));
+            }
+        }
+    }
+    ranges.sort_by_key(|(net, _)| addr_number(&net.network()));
+    let mut out = Vec::with_capacity(2 * ranges.len() + 1);
+    let end_elem = |addr: &IpAddr| {
+        Attr::nested(
+            1,
+            vec![
+                Attr::u32(el::FLAGS, el::F_INTERVAL_END),
+                value_attr(el::KEY, &layout::addr_bytes(addr)),
+            ],
+        )
+    };
+    // nft closes the gap below the first interval with an end element at address 0.
+    if let Some((first, _)) = ranges.first() {
+        if addr_number(&first.network()) != 0 {
+            out.push(end_elem(&zero_like(&first.network())));
+        }
+    }
+    let mut previous_last: Option<u128> = None;
+    for (net, element) in &ranges {
+        let start = addr_number(&net.network());
+        if previous_last.is_some_and(|last| start <= last) {
+            return Err(Error::encode(format!(
+                "interval set {}: {net} overlaps another element",
+                set.name
+            )));
+        }
+        previous_last = Some(addr_number(&net.broadcast()));
+        let after = next_addr(&net.broadcast());
+        let mut attrs = vec![value_attr(el::KEY, &layout::addr_bytes(&net.network()))];
+        push_data_and_comment(set, element, after.is_none(), &mut attrs)?;
+        out.push(Attr::nested(1, attrs));
+        if let Some(after) = after {
+            out.push(end_elem(&after));
+        }
+    }
+    Ok(out)
+}
+
+/// An address as a number, for ordering and range arithmetic.
+fn addr_number(addr: &IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(*a)),
+        IpAddr::V6(a) => u128::from(*a),
+    }
+}
+
+fn addr_from_number(like: &IpAddr, n: u128) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => u32::try_from(n)
+            .ok()
+            .map(|v| IpAddr::from(std::net::Ipv4Addr::from(v))),
+        IpAddr::V6(_) => Some(IpAddr::from(std::net::Ipv6Addr::from(n))),
+    }
+}
+
+fn zero_like(addr: &IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => IpAddr::from([0u8; 4]),
+        IpAddr::V6(_) => IpAddr::from([0u8; 16]),
+    }
+}
+
+/// The address after `addr`, or `None` at the top of the address space.
+fn next_addr(addr: &IpAddr) -> Option<IpAddr> {
+    addr_number(addr)
+        .checked_add(1)
+        .and_then(|n| addr_from_number(addr, n))
+}
+
+fn max_addr_like(addr: &IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => IpAddr::from([0xffu8; 4]),
+        IpAddr::V6(_) => IpAddr::from([0xffu8; 16]),
+    }
+}
+
+/// The prefix covering exactly `first..=last`, if there is one.
+fn prefix_of_range(first: IpAddr, last: IpAddr) -> Result<IpNet> {
+    let bits = match first {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    let (lo, hi) = (addr_number(&first), addr_number(&last));
+    let span = hi
+        .checked_sub(lo)
+        .ok_or_else(|| Error::decode(format!("interval {first}-{last} runs backwards")))?;
+    // A prefix range is `lo` with the low `k` bits clear up to `lo` with them set.
+    let host_bits = span.count_ones();
+    if span.trailing_ones() != host_bits || lo & span != 0 {
+        return Err(Error::decode(format!(
+            "interval {first}-{last} is not a prefix"
+        )));
+    }
+    IpNet::new(first, (bits - host_bits) as u8).map_err(|e| Error::decode(e.to_string()))
+}
+
+/// One element as dumped, before intervals are put back together.
+#[derive(Debug, Clone)]
+pub(crate) struct RawElement {
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+    interval_end: bool,
+    verdict: Option<Verdict>,
+    comment: Option<String>,
+}
+
+impl RawElement {
+    pub fn from_attrs(a: &Attrs<'_>) -> Result<RawElement> {
+        let value = |kind, what| -> Result<Vec<u8>> {
+            match parse_data(&a.need_nested(kind, what)?)? {
+                Data::Value(bytes) => Ok(bytes),
+                Data::Verdict(_) => Err(Error::decode(format!("{what} is a verdict"))),
+            }
+        };
+        let key = value(el::KEY, "element key")?;
+        let key_end = if a.has(el::KEY_END) {
+            Some(value(el::KEY_END, "element key end")?)
+        } else {
+            None
+        };
+        let verdict = match a.nested(el::DATA)? {
+            Some(nest) => match parse_data(&nest)? {
+                Data::Verdict(v) => Some(v),
+                Data::Value(_) => return Err(Error::decode("map element data is not a verdict")),
+            },
+            None => None,
+        };
+        let comment = match a.get(el::USERDATA) {
+            Some(blob) => udata::find_str(blob, udata::elem::COMMENT)?,
+            None => None,
+        };
+        Ok(RawElement {
+            key,
+            key_end,
+            interval_end: a.u32(el::FLAGS)?.unwrap_or(0) & el::F_INTERVAL_END != 0,
+            verdict,
+            comment,
+        })
+    }
+}
+
+/// Turns dumped elements back into IR elements, intervals merged into prefixes,
+/// sorted canonically.
+pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<Element>> {
+    let mut out = if info.interval() && info.key.len() == 1 {
+        rbtree_to_ir(raw)?
+    } else {
+        raw.into_iter()
+            .map(|r| {
+                let mut key = layout::key_values(&info.key, &r.key)?;
+                if let Some(end) = &r.key_end {
+                    let last = layout::key_values(&info.key, end)?;
+                    key = merge_range_values(key, last)?;
+                }
+                Ok(Element {
+                    key,
+                    verdict: r.verdict,
+                    comment: r.comment,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// Componentwise `first..=last` of a concatenated interval element back to values.
+fn merge_range_values(first: Vec<KeyValue>, last: Vec<KeyValue>) -> Result<Vec<KeyValue>> {
+    first
+        .into_iter()
+        .zip(last)
+        .map(|(a, b)| match (a, b) {
+            (KeyValue::Net(a), KeyValue::Net(b)) => {
+                Ok(KeyValue::Net(prefix_of_range(a.addr(), b.addr())?))
+            }
+            (a, b) if a == b => Ok(a),
+            (a, b) => Err(Error::decode(format!(
+                "range {a:?}-{b:?} over a non-address field"
+            ))),
+        })
+        .collect()
+}
+
+fn rbtree_to_ir(mut raw: Vec<RawElement>) -> Result<Vec<Element>> {
+    // Kernels dump rbtree sets in descending order; walk them ascending, ends before
+    // starts with the same key (an end at X closes the interval before a start at X).
+    raw.sort_by(|a, b| a.key.cmp(&b.key).then(b.interval_end.cmp(&a.interval_end)));
+    let mut out = Vec::new();
+    let mut open: Option<(IpAddr, RawElement)> = None;
+    for r in raw {
+        let addr = layout::addr_from_bytes(&r.key)?;
+        if r.interval_end {
+            // An end without a start is nft's leading end element at 0.
+            if let Some((first, start)) = open.take() {
+                let last = addr_from_number(&addr, addr_number(&addr).wrapping_sub(1))
+                    .ok_or_else(|| Error::decode("interval end at 0"))?;
+                out.push(range_element(first, last, start)?);
+            }
+        } else if let Some((first, start)) = open.replace((addr, r)) {
+            return Err(Error::decode(format!(
+                "interval starting at {first} has no end ({start:?})"
+            )));
+        }
+    }
+    // A trailing start is an interval open towards the top of the address space.
+    if let Some((first, start)) = open {
+        out.push(range_element(first, max_addr_like(&first), start)?);
+    }
+    Ok(out)
+}
+
+fn range_element(first: IpAddr, last: IpAddr, start: RawElement) -> Result<Element> {
+    Ok(Element {
+        key: vec![KeyValue::Net(prefix_of_range(first, last)?)],
+        verdict: start.verdict,
+        comment: start.comment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use svcproxy_compiler::nft::ir::{KeyType, SetFlags};
+
+    use super::*;
+    use crate::nftables::attr::emit_attrs;
+
+    fn net(s: &str) -> KeyValue {
+        KeyValue::Net(s.parse().unwrap())
+    }
+
+    fn interval_set(nets: &[&str]) -> Set {
+        Set {
+            name: "ranges".into(),
+            key: vec![KeyType::Ipv4Addr],
+            data: None,
+            flags: SetFlags {
+                interval: true,
+                ..SetFlags::default()
+            },
+            timeout_secs: None,
+            comment: None,
+            elements: nets
+                .iter()
+                .map(|n| Element {
+                    key: vec![net(n)],
+                    verdict: None,
+                    comment: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Encodes, then decodes the way a dump would hand the elements back.
+    fn through_the_kernel_format(set: &Set) -> Vec<Element> {
+        let mut buf = Vec::new();
+        emit_attrs(&element_attrs(set).unwrap(), &mut buf);
+        let mut raw: Vec<RawElement> = Attrs::parse(&buf)
+            .unwrap()
+            .iter()
+            .map(|(_, v)| RawElement::from_attrs(&Attrs::parse(v).unwrap()).unwrap())
+            .collect();
+        // The kernel dumps rbtree sets backwards.
+        raw.reverse();
+        let info = SetInfo {
+            name: set.name.clone(),
+            flags: crate::nftables::uapi::set::F_INTERVAL,
+            key: set.key.clone(),
+            data: None,
+            timeout_ms: None,
+            comment: None,
+        };
+        elements_to_ir(&info, raw).unwrap()
+    }
+
+    #[test]
+    fn interval_elements_like_nft() {
+        // nft: 0.0.0.0 end, 10.0.0.0, 11.0.0.0 end, 192.168.1.1, 192.168.1.2 end.
+        let set = interval_set(&["10.0.0.0/8", "192.168.1.1/32"]);
+        let elems = element_attrs(&set).unwrap();
+        assert_eq!(elems.len(), 5);
+        let mut elements = set.elements.clone();
+        elements.sort();
+        assert_eq!(through_the_kernel_format(&set), elements);
+    }
+
+    #[test]
+    fn intervals_at_the_edges_of_the_address_space() {
+        // Starting at 0: no leading end element. Ending at the top: open, no end element.
+        let set = interval_set(&["0.0.0.0/8", "255.0.0.0/8"]);
+        assert_eq!(element_attrs(&set).unwrap().len(), 3);
+        let mut elements = set.elements.clone();
+        elements.sort();
+        assert_eq!(through_the_kernel_format(&set), elements);
+        let all = interval_set(&["0.0.0.0/0"]);
+        assert_eq!(element_attrs(&all).unwrap().len(), 1);
+        assert_eq!(through_the_kernel_format(&all), all.elements);
+    }
+
+    #[test]
+    fn overlapping_intervals_are_refused() {
+        assert!(element_attrs(&interval_set(&["10.0.0.0/8", "10.1.0.0/16"])).is_err());
+    }
+
+    #[test]
+    fn prefixes_from_ranges() {
+        let p = |a: &str, b: &str| prefix_of_range(a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(
+            p("10.0.0.0", "10.255.255.255").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            p("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").unwrap(),
+            "::/0".parse::<IpNet>().unwrap()
+        );
+        assert!(p("10.0.0.1", "10.0.0.2").is_err());
+        assert!(p("10.0.0.0", "10.0.0.2").is_err());
+    }
+}

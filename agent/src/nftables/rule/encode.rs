@@ -1,0 +1,322 @@
+//! Lowering IR statements to nf_tables expressions, the way nft does.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use svcproxy_compiler::nft::ir::{
+    AddrField, CmpOp as IrCmpOp, Family, KeyExpr, KeyType, L4Proto, Stmt,
+};
+
+use super::{R1, addr_len, addr_offset, key_expr_type};
+use crate::nftables::error::{Error, Result};
+use crate::nftables::expr::{CmpOp, Data, Expr, MetaKey, PayloadBase};
+use crate::nftables::layout;
+use crate::nftables::msg::nfproto;
+use crate::nftables::set::ANON_SET_NAME;
+use crate::nftables::uapi::{expr as ex, reg};
+
+/// An anonymous set a rule needs (`ip saddr { ... }`), created in the same batch just
+/// before the rule and referred to by its transaction id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AnonAddrSet {
+    pub field: AddrField,
+    pub values: Vec<IpNet>,
+}
+
+/// Lowers one rule's statements. `new_anon_set` registers an anonymous set and returns
+/// the set id the lookup must use.
+pub(crate) fn encode_stmts(
+    family: Family,
+    stmts: &[Stmt],
+    new_anon_set: &mut dyn FnMut(AnonAddrSet) -> u32,
+) -> Result<Vec<Expr>> {
+    let mut out = Vec::new();
+    // The protocol an earlier statement of this rule already matched: nft omits the
+    // implied `meta l4proto` of `tcp dport` when the rule has established it.
+    let mut l4_context: Option<L4Proto> = None;
+    for stmt in stmts {
+        match stmt {
+            Stmt::CtStateNew => out.extend([
+                Expr::CtState { dreg: R1 },
+                Expr::Bitwise {
+                    sreg: R1,
+                    dreg: R1,
+                    mask: ex::ct::STATE_NEW.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                },
+                cmp(CmpOp::Neq, 0u32.to_ne_bytes().to_vec()),
+            ]),
+            Stmt::Addr { field, op, value } => {
+                check_family(family, &value.addr())?;
+                encode_addr_match(family, *field, *op, value, &mut out);
+            }
+            Stmt::AddrInSet { field, op, set } => out.extend([
+                load_addr(family, *field),
+                Expr::Lookup {
+                    sreg: R1,
+                    set: set.clone(),
+                    set_id: None,
+                    dreg: None,
+                    invert: *op == IrCmpOp::Ne,
+                },
+            ]),
+            Stmt::AddrInList { field, op, values } => {
+                for value in values {
+                    check_family(family, &value.addr())?;
+                }
+                // nft folds a one-element list into a plain match; so do we, so the
+                // kernel holds what `nft -f` of the text form would load (it reads
+                // back as `Stmt::Addr`).
+                if let [value] = values.as_slice() {
+                    encode_addr_match(family, *field, *op, value, &mut out);
+                    continue;
+                }
+                if values.is_empty() {
+                    return Err(Error::encode("an empty anonymous address list"));
+                }
+                let id = new_anon_set(AnonAddrSet {
+                    field: *field,
+                    values: values.clone(),
+                });
+                out.extend([
+                    load_addr(family, *field),
+                    Expr::Lookup {
+                        sreg: R1,
+                        set: ANON_SET_NAME.to_string(),
+                        set_id: Some(id),
+                        dreg: None,
+                        invert: *op == IrCmpOp::Ne,
+                    },
+                ]);
+            }
+            Stmt::L4Proto(proto) => {
+                out.extend(match_l4proto(*proto));
+                l4_context = Some(*proto);
+            }
+            Stmt::Dport { proto, port } => {
+                if l4_context != Some(*proto) {
+                    out.extend(match_l4proto(*proto));
+                }
+                out.extend([load_dport(R1), cmp(CmpOp::Eq, port.to_be_bytes().to_vec())]);
+                l4_context = Some(*proto);
+            }
+            Stmt::FibAddrTypeLocal(field) => out.extend([
+                Expr::FibAddrType {
+                    flags: match field {
+                        AddrField::Saddr => ex::fib::F_SADDR,
+                        AddrField::Daddr => ex::fib::F_DADDR,
+                    },
+                    dreg: R1,
+                },
+                cmp(CmpOp::Eq, ex::fib::RTN_LOCAL.to_ne_bytes().to_vec()),
+            ]),
+            Stmt::MarkBitsClear(bits) => out.extend([
+                load_mark(),
+                mark_bitwise(*bits, 0),
+                cmp(CmpOp::Eq, 0u32.to_ne_bytes().to_vec()),
+            ]),
+            Stmt::NumgenRandomEq { modulus, value } => out.extend([
+                Expr::NumgenRandom {
+                    dreg: R1,
+                    modulus: *modulus,
+                },
+                cmp(CmpOp::Eq, value.to_ne_bytes().to_vec()),
+            ]),
+            // Marks are host-endian 32-bit values; `| B` is `& !B ^ B`, `^ B` is `& ~0 ^ B`.
+            Stmt::MarkSetOr(bits) => {
+                out.extend([load_mark(), mark_bitwise(!bits, *bits), set_mark()])
+            }
+            Stmt::MarkSetXor(bits) => {
+                out.extend([load_mark(), mark_bitwise(u32::MAX, *bits), set_mark()])
+            }
+            Stmt::UpdateSetWithAddr { set, field } => out.extend([
+                load_addr(family, *field),
+                Expr::DynsetUpdate {
+                    sreg_key: R1,
+                    set: set.clone(),
+                    set_id: None,
+                },
+            ]),
+            Stmt::MasqueradeFullyRandom => out.push(Expr::Masq {
+                flags: ex::masq::F_FULLY_RANDOM,
+            }),
+            Stmt::Dnat { proto, addr, port } => {
+                check_family(family, addr)?;
+                out.extend(match_l4proto(*proto));
+                out.extend([
+                    Expr::Immediate {
+                        dreg: reg::REG_1,
+                        data: Data::Value(layout::addr_bytes(addr)),
+                    },
+                    Expr::Immediate {
+                        dreg: reg::REG_2,
+                        data: Data::Value(port.to_be_bytes().to_vec()),
+                    },
+                    Expr::Dnat {
+                        family: nfproto(family),
+                        addr_reg: reg::REG_1,
+                        proto_reg: reg::REG_2,
+                        flags: ex::nat::F_PROTO_SPECIFIED,
+                    },
+                ]);
+            }
+            Stmt::Vmap { key, map } => {
+                if key.is_empty() {
+                    return Err(Error::encode(format!("vmap @{map} with an empty key")));
+                }
+                let types: Vec<KeyType> = key.iter().map(|k| key_expr_type(family, *k)).collect();
+                for (k, dreg) in key.iter().zip(layout::concat_registers(&types)) {
+                    out.push(load_key_expr(family, *k, dreg));
+                }
+                out.push(Expr::Lookup {
+                    sreg: R1,
+                    set: map.clone(),
+                    set_id: None,
+                    dreg: Some(reg::VERDICT),
+                    invert: false,
+                });
+            }
+            Stmt::Reject => out.push(Expr::Reject {
+                kind: ex::reject::TYPE_ICMP_UNREACH,
+                code: match family {
+                    Family::Ip => ex::reject::ICMP_PORT_UNREACH,
+                    Family::Ip6 => ex::reject::ICMPV6_PORT_UNREACH,
+                },
+            }),
+            Stmt::Verdict(verdict) => out.push(Expr::Immediate {
+                dreg: reg::VERDICT,
+                data: Data::Verdict(verdict.clone()),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn check_family(family: Family, addr: &IpAddr) -> Result<()> {
+    if Family::of(addr) != family {
+        return Err(Error::encode(format!(
+            "address {addr} in an {} table",
+            family.keyword()
+        )));
+    }
+    Ok(())
+}
+
+/// nft's prefix matches: a whole address is compared as is; a byte-aligned prefix loads
+/// only its bytes; any other prefix loads the address and masks it.
+fn encode_addr_match(
+    family: Family,
+    field: AddrField,
+    op: IrCmpOp,
+    value: &IpNet,
+    out: &mut Vec<Expr>,
+) {
+    let full = addr_len(family);
+    let prefix = u32::from(value.prefix_len());
+    let op = cmp_op(op);
+    let network = layout::addr_bytes(&value.network());
+    if prefix == full * 8 {
+        out.extend([load_addr(family, field), cmp(op, network)]);
+    } else if prefix > 0 && prefix % 8 == 0 {
+        let bytes = prefix / 8;
+        out.extend([
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset: addr_offset(family, field),
+                len: bytes,
+                dreg: R1,
+            },
+            cmp(op, network[..bytes as usize].to_vec()),
+        ]);
+    } else {
+        out.extend([
+            load_addr(family, field),
+            Expr::Bitwise {
+                sreg: R1,
+                dreg: R1,
+                mask: layout::addr_bytes(&value.netmask()),
+                xor: vec![0; full as usize],
+            },
+            cmp(op, network),
+        ]);
+    }
+}
+
+fn cmp(op: CmpOp, data: Vec<u8>) -> Expr {
+    Expr::Cmp { sreg: R1, op, data }
+}
+
+fn cmp_op(op: IrCmpOp) -> CmpOp {
+    match op {
+        IrCmpOp::Eq => CmpOp::Eq,
+        IrCmpOp::Ne => CmpOp::Neq,
+    }
+}
+
+fn match_l4proto(proto: L4Proto) -> [Expr; 2] {
+    [
+        Expr::MetaLoad {
+            key: MetaKey::L4Proto,
+            dreg: R1,
+        },
+        cmp(CmpOp::Eq, vec![proto.number()]),
+    ]
+}
+
+fn load_mark() -> Expr {
+    Expr::MetaLoad {
+        key: MetaKey::Mark,
+        dreg: R1,
+    }
+}
+
+fn set_mark() -> Expr {
+    Expr::MetaSet {
+        key: MetaKey::Mark,
+        sreg: R1,
+    }
+}
+
+fn mark_bitwise(mask: u32, xor: u32) -> Expr {
+    Expr::Bitwise {
+        sreg: R1,
+        dreg: R1,
+        mask: mask.to_ne_bytes().to_vec(),
+        xor: xor.to_ne_bytes().to_vec(),
+    }
+}
+
+/// `th dport`: bytes 2-3 of the transport header, whatever the protocol.
+fn load_dport(dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Transport,
+        offset: 2,
+        len: 2,
+        dreg,
+    }
+}
+
+fn load_addr(family: Family, field: AddrField) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset: addr_offset(family, field),
+        len: addr_len(family),
+        dreg: R1,
+    }
+}
+
+fn load_key_expr(family: Family, key: KeyExpr, dreg: u32) -> Expr {
+    match key {
+        KeyExpr::Addr(field) => Expr::Payload {
+            base: PayloadBase::Network,
+            offset: addr_offset(family, field),
+            len: addr_len(family),
+            dreg,
+        },
+        KeyExpr::L4Proto => Expr::MetaLoad {
+            key: MetaKey::L4Proto,
+            dreg,
+        },
+        KeyExpr::ThDport => load_dport(dreg),
+    }
+}

@@ -1,0 +1,53 @@
+//! IR statements to expressions and back.
+//!
+//! Encoding produces exactly the expressions `nft` generates for the statement's text
+//! form (checked against `nft --debug=netlink`), so that `nft list ruleset` prints our
+//! rules as it prints its own. Decoding recognises those same sequences and nothing
+//! else: a rule svcproxy did not write is an error, not a guess.
+
+mod decode;
+mod encode;
+#[cfg(test)]
+mod tests;
+
+use svcproxy_compiler::nft::ir::{AddrField, Family, KeyExpr, KeyType};
+
+use super::layout;
+use super::uapi::reg;
+
+pub(crate) use decode::decode_exprs;
+pub(crate) use encode::{AnonAddrSet, encode_stmts};
+
+/// The register every single-value match loads into (`reg 1`).
+const R1: u32 = reg::REG_1;
+
+fn key_expr_type(family: Family, key: KeyExpr) -> KeyType {
+    match key {
+        KeyExpr::Addr(_) => layout::addr_type(family),
+        KeyExpr::L4Proto => KeyType::InetProto,
+        KeyExpr::ThDport => KeyType::InetService,
+    }
+}
+
+fn addr_len(family: Family) -> u32 {
+    match family {
+        Family::Ip => 4,
+        Family::Ip6 => 16,
+    }
+}
+
+/// Offsets of the source and destination address in the IPv4 and IPv6 headers.
+fn addr_offset(family: Family, field: AddrField) -> u32 {
+    match (family, field) {
+        (Family::Ip, AddrField::Saddr) => 12,
+        (Family::Ip, AddrField::Daddr) => 16,
+        (Family::Ip6, AddrField::Saddr) => 8,
+        (Family::Ip6, AddrField::Daddr) => 24,
+    }
+}
+
+fn addr_field_at(family: Family, offset: u32) -> Option<AddrField> {
+    [AddrField::Saddr, AddrField::Daddr]
+        .into_iter()
+        .find(|f| addr_offset(family, *f) == offset)
+}

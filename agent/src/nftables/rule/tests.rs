@@ -1,0 +1,208 @@
+//! Round trips and nft-compatibility checks of statement encoding.
+
+use ipnet::IpNet;
+use svcproxy_compiler::nft::ir::{CmpOp as IrCmpOp, L4Proto, Stmt, Verdict};
+
+use super::*;
+use crate::nftables::expr::Expr;
+use crate::nftables::set::ANON_SET_NAME;
+
+fn encode(family: Family, stmts: &[Stmt]) -> Vec<Expr> {
+    let mut next_id = 10;
+    encode_stmts(family, stmts, &mut |_| {
+        next_id += 1;
+        next_id
+    })
+    .unwrap()
+}
+
+fn round_trip(family: Family, stmts: Vec<Stmt>) {
+    let exprs = encode(family, &stmts);
+    let anon =
+        |name: &str| (name == ANON_SET_NAME).then(|| vec![net("1.2.3.0/24"), net("5.6.7.8/32")]);
+    let decoded = decode_exprs(family, &exprs, &anon).unwrap();
+    assert_eq!(decoded, stmts, "expressions: {exprs:#?}");
+}
+
+#[test]
+fn prefix_matches_follow_nft() {
+    let addr = |s: &str| Stmt::Addr {
+        field: AddrField::Saddr,
+        op: IrCmpOp::Ne,
+        value: s.parse().unwrap(),
+    };
+    // /8 loads one byte, /12 masks, /32 compares the whole address.
+    let e = encode(Family::Ip, &[addr("10.0.0.0/8")]);
+    assert!(matches!(
+        e.as_slice(),
+        [
+            Expr::Payload {
+                offset: 12,
+                len: 1,
+                ..
+            },
+            Expr::Cmp { .. }
+        ]
+    ));
+    let e = encode(Family::Ip, &[addr("10.16.0.0/12")]);
+    assert!(matches!(
+        e.as_slice(),
+        [
+            Expr::Payload { len: 4, .. },
+            Expr::Bitwise { .. },
+            Expr::Cmp { .. }
+        ]
+    ));
+    let e = encode(Family::Ip6, &[addr("::/0")]);
+    assert!(matches!(
+        e.as_slice(),
+        [
+            Expr::Payload { len: 16, .. },
+            Expr::Bitwise { .. },
+            Expr::Cmp { .. }
+        ]
+    ));
+    for s in [
+        "10.0.0.0/8",
+        "10.16.0.0/12",
+        "10.1.2.3/32",
+        "0.0.0.0/0",
+        "10.1.0.0/16",
+    ] {
+        round_trip(Family::Ip, vec![addr(s)]);
+    }
+    for s in ["fd00::/8", "fd00:1::/65", "fd00::1/128", "::/0"] {
+        round_trip(Family::Ip6, vec![addr(s)]);
+    }
+}
+
+#[test]
+fn dport_after_l4proto_drops_the_dependency_like_nft() {
+    let stmts = vec![
+        Stmt::Dport {
+            proto: L4Proto::Tcp,
+            port: 80,
+        },
+        Stmt::Dport {
+            proto: L4Proto::Tcp,
+            port: 81,
+        },
+        Stmt::Verdict(Verdict::Accept),
+    ];
+    // meta+cmp, payload+cmp, payload+cmp, immediate
+    assert_eq!(encode(Family::Ip, &stmts).len(), 7);
+    round_trip(Family::Ip, stmts);
+}
+
+#[test]
+fn vmap_registers_and_round_trip() {
+    let stmt = Stmt::Vmap {
+        key: vec![
+            KeyExpr::Addr(AddrField::Daddr),
+            KeyExpr::L4Proto,
+            KeyExpr::ThDport,
+        ],
+        map: "svc-ips".into(),
+    };
+    let e = encode(Family::Ip6, std::slice::from_ref(&stmt));
+    let regs: Vec<u32> = e
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Payload { dreg, .. } | Expr::MetaLoad { dreg, .. } => Some(*dreg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(regs, vec![1, 2, 13]);
+    round_trip(Family::Ip6, vec![stmt]);
+    round_trip(
+        Family::Ip,
+        vec![Stmt::Vmap {
+            key: vec![KeyExpr::ThDport],
+            map: "ports".into(),
+        }],
+    );
+}
+
+#[test]
+fn every_other_statement_round_trips() {
+    round_trip(
+        Family::Ip,
+        vec![
+            Stmt::CtStateNew,
+            Stmt::AddrInSet {
+                field: AddrField::Daddr,
+                op: IrCmpOp::Eq,
+                set: "cluster-ips".into(),
+            },
+            Stmt::AddrInList {
+                field: AddrField::Saddr,
+                op: IrCmpOp::Ne,
+                values: vec![net("1.2.3.0/24"), net("5.6.7.8/32")],
+            },
+            Stmt::L4Proto(L4Proto::Udp),
+            Stmt::FibAddrTypeLocal(AddrField::Daddr),
+            Stmt::MarkBitsClear(0x4000),
+            Stmt::NumgenRandomEq {
+                modulus: 3,
+                value: 1,
+            },
+            Stmt::MarkSetOr(0x4000),
+            Stmt::MarkSetXor(0x4000),
+            Stmt::UpdateSetWithAddr {
+                set: "affinity".into(),
+                field: AddrField::Saddr,
+            },
+            Stmt::MasqueradeFullyRandom,
+            Stmt::Dnat {
+                proto: L4Proto::Sctp,
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 8080,
+            },
+            Stmt::Reject,
+            Stmt::Verdict(Verdict::Jump("svc".into())),
+        ],
+    );
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn one_element_list_is_a_plain_match_like_nft() {
+    let list = Stmt::AddrInList {
+        field: AddrField::Saddr,
+        op: IrCmpOp::Ne,
+        values: vec![net("1.2.3.0/24")],
+    };
+    let mut anon_sets = 0;
+    let exprs = encode_stmts(Family::Ip, &[list], &mut |_| {
+        anon_sets += 1;
+        anon_sets
+    })
+    .unwrap();
+    assert_eq!(anon_sets, 0);
+    let decoded = decode_exprs(Family::Ip, &exprs, &|_| None).unwrap();
+    let plain = Stmt::Addr {
+        field: AddrField::Saddr,
+        op: IrCmpOp::Ne,
+        value: net("1.2.3.0/24"),
+    };
+    assert_eq!(decoded, vec![plain]);
+}
+
+#[test]
+fn wrong_family_is_an_encode_error() {
+    let stmts = [Stmt::Dnat {
+        proto: L4Proto::Tcp,
+        addr: "fd00::1".parse().unwrap(),
+        port: 80,
+    }];
+    assert!(encode_stmts(Family::Ip, &stmts, &mut |_| 1).is_err());
+}
+
+#[test]
+fn unknown_bytecode_is_a_decode_error() {
+    let exprs = [Expr::Masq { flags: 0 }];
+    assert!(decode_exprs(Family::Ip, &exprs, &|_| None).is_err());
+}
