@@ -94,13 +94,16 @@ impl Batch {
             table,
             &set.name,
             Some(id),
-            element_attrs(set)?,
+            element_attrs(set, &set.elements)?,
             false,
         );
         Ok(())
     }
 
-    /// Adds elements to an existing set (the set's key and flags tell how to encode them).
+    /// Adds elements to an existing set; `set` tells how to encode them (its own
+    /// elements are ignored). For single-type interval sets this sends nft's full
+    /// interval encoding of `elements`, which suits a set being filled, not yet the
+    /// element-level changes of an incremental sync.
     pub fn add_elements(
         &mut self,
         family: Family,
@@ -108,15 +111,13 @@ impl Batch {
         set: &Set,
         elements: &[Element],
     ) -> Result<()> {
-        let nests = element_attrs(&Set {
-            elements: elements.to_vec(),
-            ..set.clone()
-        })?;
+        let nests = element_attrs(set, elements)?;
         self.push_elements(family, table, &set.name, None, nests, false);
         Ok(())
     }
 
-    /// Deletes elements from an existing set.
+    /// Deletes elements from an existing set; same encoding and caveat as
+    /// [`Batch::add_elements`].
     pub fn delete_elements(
         &mut self,
         family: Family,
@@ -124,15 +125,13 @@ impl Batch {
         set: &Set,
         elements: &[Element],
     ) -> Result<()> {
-        let nests = element_attrs(&Set {
-            elements: elements.to_vec(),
-            ..set.clone()
-        })?;
+        let nests = element_attrs(set, elements)?;
         self.push_elements(family, table, &set.name, None, nests, true);
         Ok(())
     }
 
-    /// Appends a rule to a chain, preceded by the anonymous sets it uses.
+    /// Appends a rule to a chain, preceded by the anonymous sets it uses. `index` is the
+    /// rule's position in the chain, used only to name the message in errors.
     pub fn add_rule(
         &mut self,
         family: Family,
@@ -170,7 +169,7 @@ impl Batch {
         anon: AnonAddrSet,
     ) -> Result<()> {
         let set = anon_addr_set(family, &anon.values);
-        let elements = element_attrs(&set)?;
+        let elements = element_attrs(&set, &set.elements)?;
         let kind = SetKind::AnonAddrs {
             family,
             field: anon.field,

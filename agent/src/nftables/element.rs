@@ -23,12 +23,11 @@ use super::set::SetInfo;
 use super::uapi::elem as el;
 use super::udata;
 
-/// The element nests (`NFTA_LIST_ELEM`) that add `set`'s elements, in the order nft
+/// The element nests (`NFTA_LIST_ELEM`) for `elements` of `set`, in the order nft
 /// sends them. The caller splits them over messages.
-pub(crate) fn element_attrs(set: &Set) -> Result<Vec<Attr>> {
-    let elements = &set.elements;
+pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
     if set.flags.interval && set.key.len() == 1 {
-        return rbtree_elements(set);
+        return rbtree_elements(set, elements);
     }
     let mut out = Vec::with_capacity(elements.len());
     for element in elements {
@@ -103,9 +102,9 @@ fn push_data_and_comment(
 }
 
 /// Start/end element pairs of a single-type interval set.
-fn rbtree_elements(set: &Set) -> Result<Vec<Attr>> {
-    let mut ranges = Vec::with_capacity(set.elements.len());
-    for element in &set.elements {
+fn rbtree_elements(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
+    let mut ranges = Vec::with_capacity(elements.len());
+    for element in elements {
         match element.key.as_slice() {
             [KeyValue::Net(net)] => ranges.push((*net, element)),
             _ => {
@@ -371,7 +370,7 @@ mod tests {
     /// Encodes, then decodes the way a dump would hand the elements back.
     fn through_the_kernel_format(set: &Set) -> Vec<Element> {
         let mut buf = Vec::new();
-        emit_attrs(&element_attrs(set).unwrap(), &mut buf);
+        emit_attrs(&element_attrs(set, &set.elements).unwrap(), &mut buf);
         let mut raw: Vec<RawElement> = Attrs::parse(&buf)
             .unwrap()
             .iter()
@@ -394,7 +393,7 @@ mod tests {
     fn interval_elements_like_nft() {
         // nft: 0.0.0.0 end, 10.0.0.0, 11.0.0.0 end, 192.168.1.1, 192.168.1.2 end.
         let set = interval_set(&["10.0.0.0/8", "192.168.1.1/32"]);
-        let elems = element_attrs(&set).unwrap();
+        let elems = element_attrs(&set, &set.elements).unwrap();
         assert_eq!(elems.len(), 5);
         let mut elements = set.elements.clone();
         elements.sort();
@@ -405,18 +404,19 @@ mod tests {
     fn intervals_at_the_edges_of_the_address_space() {
         // Starting at 0: no leading end element. Ending at the top: open, no end element.
         let set = interval_set(&["0.0.0.0/8", "255.0.0.0/8"]);
-        assert_eq!(element_attrs(&set).unwrap().len(), 3);
+        assert_eq!(element_attrs(&set, &set.elements).unwrap().len(), 3);
         let mut elements = set.elements.clone();
         elements.sort();
         assert_eq!(through_the_kernel_format(&set), elements);
         let all = interval_set(&["0.0.0.0/0"]);
-        assert_eq!(element_attrs(&all).unwrap().len(), 1);
+        assert_eq!(element_attrs(&all, &all.elements).unwrap().len(), 1);
         assert_eq!(through_the_kernel_format(&all), all.elements);
     }
 
     #[test]
     fn overlapping_intervals_are_refused() {
-        assert!(element_attrs(&interval_set(&["10.0.0.0/8", "10.1.0.0/16"])).is_err());
+        let set = interval_set(&["10.0.0.0/8", "10.1.0.0/16"]);
+        assert!(element_attrs(&set, &set.elements).is_err());
     }
 
     #[test]
