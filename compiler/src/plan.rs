@@ -325,3 +325,168 @@ fn plan_port(
         external,
     }
 }
+
+#[cfg(test)]
+mod dispositions {
+    //! The dispositions of the plan, as a specification: snapshot in, decision out.
+
+    use super::*;
+    use crate::input::{Source, parse_source};
+
+    fn node_flags() -> NodeContext {
+        NodeContext {
+            node_name: Some("node-a".into()),
+            node_ips: vec!["192.168.100.1".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+            ..NodeContext::default()
+        }
+    }
+
+    /// The IPv4 plan of the only port of Service `demo/svc`, whose spec is `spec` and
+    /// whose endpoints are `(address, node, ready)`.
+    fn plan_of(spec: &str, endpoints: &[(&str, &str, bool)], node: NodeContext) -> ServicePortPlan {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: demo}}\nspec: {spec}\n"
+        );
+        if !endpoints.is_empty() {
+            yaml.push_str(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: svc-1, namespace: demo, labels: {kubernetes.io/service-name: svc}}\n\
+                 addressType: IPv4\nports: [{port: 80}]\nendpoints:\n",
+            );
+            for (ip, node, ready) in endpoints {
+                yaml.push_str(&format!(
+                    "- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: {ready}}}}}\n"
+                ));
+            }
+        }
+        let source = Source {
+            name: "spec.yaml".into(),
+            text: yaml,
+        };
+        let objects = parse_source(&source).unwrap();
+        let snapshot = Snapshot::from_objects(objects).unwrap();
+        assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+        let allocated = crate::allocate::allocate(snapshot.services.clone(), &node).unwrap();
+        let mut families = build(&snapshot, &allocated.services, &node);
+        families.remove(0).ports.remove(0)
+    }
+
+    const LB: &str = "{type: LoadBalancer, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}], \
+                      externalTrafficPolicy: Local, loadBalancerSourceRanges: [192.168.100.0/24]}";
+
+    #[test]
+    fn cluster_ip_forwards_to_the_cluster_pool_and_masquerades_off_cluster_sources() {
+        let p = plan_of(
+            "{clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+            &[("10.244.1.10", "node-a", true)],
+            node_flags(),
+        );
+        assert_eq!(p.internal, Disposition::Forward(Pool::Cluster));
+        assert_eq!(
+            p.internal_masquerade,
+            Masquerade::NotFrom(vec!["10.244.0.0/16".parse().unwrap()])
+        );
+        assert_eq!(p.external, None, "a ClusterIP service has no external path");
+    }
+
+    #[test]
+    fn without_any_usable_endpoint_every_path_rejects() {
+        let p = plan_of(LB, &[("10.244.1.10", "node-a", false)], node_flags());
+        assert_eq!(p.internal, Disposition::Reject);
+        assert_eq!(p.external.unwrap().disposition, Disposition::Reject);
+    }
+
+    #[test]
+    fn local_external_policy_without_local_endpoints_drops_outside_traffic_only() {
+        let p = plan_of(LB, &[("10.244.2.10", "node-b", true)], node_flags());
+        assert_eq!(p.internal, Disposition::Forward(Pool::Cluster));
+        let external = p.external.unwrap();
+        assert_eq!(external.disposition, Disposition::Drop);
+        assert!(
+            external.policy_local,
+            "pods and the node are still short-circuited"
+        );
+        assert_eq!(p.cluster_endpoints.len(), 1);
+    }
+
+    #[test]
+    fn local_external_policy_with_a_local_endpoint_forwards_to_the_local_pool() {
+        let p = plan_of(
+            LB,
+            &[
+                ("10.244.1.10", "node-a", true),
+                ("10.244.2.10", "node-b", true),
+            ],
+            node_flags(),
+        );
+        assert_eq!(
+            p.external.unwrap().disposition,
+            Disposition::Forward(Pool::Local)
+        );
+        assert_eq!(p.local_endpoints.len(), 1);
+        assert_eq!(p.cluster_endpoints.len(), 2);
+    }
+
+    #[test]
+    fn local_internal_policy_drops_cluster_ip_traffic_without_local_endpoints() {
+        let spec = "{clusterIP: 10.96.0.1, internalTrafficPolicy: Local, ports: [{port: 80}]}";
+        let remote_only = plan_of(spec, &[("10.244.2.10", "node-b", true)], node_flags());
+        assert_eq!(remote_only.internal, Disposition::Drop);
+        assert!(
+            remote_only.cluster_endpoints.is_empty(),
+            "the cluster pool is unused"
+        );
+        let local = plan_of(spec, &[("10.244.1.10", "node-a", true)], node_flags());
+        assert_eq!(local.internal, Disposition::Forward(Pool::Local));
+    }
+
+    #[test]
+    fn a_loadbalancer_firewall_admits_the_vips_when_the_ranges_admit_the_node() {
+        let spec = "{type: LoadBalancer, clusterIP: 10.96.0.1, ports: [{port: 80}], \
+                    loadBalancerIP: 203.0.113.9, loadBalancerSourceRanges: [192.168.100.0/24]}";
+        let p = plan_of(spec, &[("10.244.1.10", "node-a", true)], node_flags());
+        let firewall = p.external.unwrap().firewall.unwrap();
+        assert_eq!(
+            firewall.allowed,
+            vec![
+                "192.168.100.0/24".parse::<IpNet>().unwrap(),
+                "203.0.113.9/32".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn source_ranges_of_the_other_family_only_close_this_family() {
+        let spec = "{type: LoadBalancer, clusterIP: 10.96.0.1, ports: [{port: 80}], \
+                    loadBalancerIP: 203.0.113.9, loadBalancerSourceRanges: [\"2001:db8::/64\"]}";
+        let p = plan_of(spec, &[("10.244.1.10", "node-a", true)], node_flags());
+        assert_eq!(
+            p.external.unwrap().firewall.unwrap().allowed,
+            Vec::<IpNet>::new()
+        );
+    }
+
+    #[test]
+    fn masquerade_all_and_unknown_pod_cidrs() {
+        let spec = "{clusterIP: 10.96.0.1, ports: [{port: 80}]}";
+        let eps = [("10.244.1.10", "node-a", true)];
+        let all = NodeContext {
+            masquerade_all: true,
+            ..node_flags()
+        };
+        assert_eq!(
+            plan_of(spec, &eps, all).internal_masquerade,
+            Masquerade::All
+        );
+        let unknown = NodeContext {
+            cluster_cidrs: Vec::new(),
+            ..node_flags()
+        };
+        assert_eq!(
+            plan_of(spec, &eps, unknown).internal_masquerade,
+            Masquerade::Never
+        );
+    }
+}
