@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use svcproxy_compiler::addr::{parse_cidr, parse_ip};
+use svcproxy_compiler::ipvs::{Scheduler, UnknownScheduler};
 use svcproxy_compiler::{NodeContext, Options};
 
 /// svcproxy: a Kubernetes service proxy.
@@ -70,6 +71,9 @@ fn compile(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
+    if let Some(message) = unsupported(backend, output) {
+        return invalid(err, message);
+    }
     let options = node.options();
     let sources = match crate::source::read_sources(&snapshot.snapshots, options.max_input_bytes) {
         Ok(sources) => sources,
@@ -82,15 +86,36 @@ fn compile(
     for warning in &plan.warnings {
         let _ = writeln!(err, "warning: {warning}");
     }
-    let rendered = match (backend, output) {
-        (Backend::Nftables, OutputFormat::Text) => svcproxy_compiler::render_nftables(&plan),
-        (Backend::Nftables, OutputFormat::Json) => svcproxy_compiler::render_nftables_json(&plan),
+    let rendered = match backend {
+        Backend::Nftables => match output {
+            OutputFormat::Json => svcproxy_compiler::render_nftables_json(&plan),
+            _ => svcproxy_compiler::render_nftables(&plan),
+        },
+        Backend::Ipvs => {
+            let state = svcproxy_compiler::ipvs::state(&plan, &node.ipvs_options());
+            for warning in &state.warnings {
+                let _ = writeln!(err, "warning: {warning}");
+            }
+            match output {
+                OutputFormat::Full => svcproxy_compiler::render_ipvs_full(&plan, &state),
+                _ => svcproxy_compiler::render_ipvs(&plan, &state),
+            }
+        }
     };
     if let Err(e) = out.write_all(rendered.as_bytes()).and_then(|_| out.flush()) {
         let _ = writeln!(err, "error: writing the output: {e}");
         return EXIT_FAILURE;
     }
     0
+}
+
+/// Why an output format does not exist for a backend.
+fn unsupported(backend: Backend, output: OutputFormat) -> Option<&'static str> {
+    match (backend, output) {
+        (Backend::Nftables, OutputFormat::Full) => Some("--output full is for --backend ipvs"),
+        (Backend::Ipvs, OutputFormat::Json) => Some("--output json is for --backend nftables"),
+        _ => None,
+    }
 }
 
 /// Prints each line of an input error; returns the input-error exit status. Nothing
@@ -134,6 +159,10 @@ pub struct NodeFlags {
     /// Fail on any invalid object instead of skipping it with a warning.
     #[arg(long)]
     pub strict: bool,
+    /// The IPVS scheduler of virtual servers whose Service has no valid
+    /// `svcproxy.io/ipvs-scheduler` annotation: rr, wrr, lc, wlc, sh, dh or mh.
+    #[arg(long, default_value_t = Scheduler::Rr, value_name = "SCHEDULER", value_parser = scheduler_arg)]
+    pub ipvs_scheduler: Scheduler,
     /// Refuse snapshots larger than this many bytes.
     #[arg(long, default_value_t = svcproxy_compiler::DEFAULT_MAX_INPUT_BYTES, value_name = "BYTES")]
     pub max_input_bytes: usize,
@@ -156,19 +185,32 @@ impl NodeFlags {
             max_input_bytes: self.max_input_bytes,
         }
     }
+
+    /// What the IPVS backend needs beyond the plan.
+    pub fn ipvs_options(&self) -> svcproxy_compiler::ipvs::Options {
+        svcproxy_compiler::ipvs::Options {
+            scheduler: self.ipvs_scheduler,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     Nftables,
+    /// IPVS virtual servers (with a small companion nftables table).
+    Ipvs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// nft text, for `nft -f`.
+    /// nft text, for `nft -f`; with `--backend ipvs`, `ipvsadm` restore lines.
     Text,
     /// nft JSON, as `nft -j list ruleset` prints it.
     Json,
+    /// IPVS only: the virtual servers, then the addresses to bind on the dummy
+    /// interface and the companion nftables table, each section after a `# ====` line.
+    Full,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,6 +222,10 @@ pub struct SnapshotArgs {
 
 fn ip_arg(text: &str) -> Result<IpAddr, String> {
     parse_ip(text)
+}
+
+fn scheduler_arg(text: &str) -> Result<Scheduler, String> {
+    text.parse().map_err(|e: UnknownScheduler| e.to_string())
 }
 
 fn cidr_arg(text: &str) -> Result<IpNet, String> {

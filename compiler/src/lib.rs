@@ -8,7 +8,8 @@
 //! 4. [`plan`]: per service port and family, what each class of traffic does (using
 //!    [`endpoints`] and [`topology`]);
 //! 5. a backend renders the plan: [`nft::layout`] builds the nftables ruleset that
-//!    [`nft::text`] and [`nft::json`] print.
+//!    [`nft::text`] and [`nft::json`] print; [`ipvs::layout`] builds the IPVS virtual
+//!    servers and [`ipvs::table`] their companion nftables table, printed by [`ipvs::text`].
 
 // Diagnostics carry file, object, field and message: large, but only on error paths,
 // where clarity beats a boxed indirection.
@@ -19,6 +20,7 @@ pub mod allocate;
 pub mod endpoints;
 pub mod error;
 pub mod input;
+pub mod ipvs;
 pub mod model;
 pub mod names;
 pub mod nft;
@@ -205,4 +207,27 @@ pub fn render_nftables_json(plan: &Plan) -> String {
         serde_json::to_string_pretty(&nft::json::render(&nft::ruleset(plan))).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The IPVS virtual servers as `ipvsadm` restore text. Its `#` lines must be left out
+/// for `ipvsadm -R` (the header says how); `ipvsadm-restore` drops them itself.
+pub fn render_ipvs(plan: &Plan, state: &ipvs::IpvsState) -> String {
+    ipvs::text::render_ipvsadm(state, &ipvs_header(plan))
+}
+
+/// The whole IPVS-mode state: the virtual servers, the addresses to bind on the dummy
+/// interface and the companion nftables table, in sections ([`ipvs::text::section`]).
+pub fn render_ipvs_full(plan: &Plan, state: &ipvs::IpvsState) -> String {
+    let mut nft_header = header(plan, "IPVS-mode nftables");
+    nft_header.push(
+        "apply with `nft -f FILE`: it replaces the svcproxy-ipvs tables in one transaction".into(),
+    );
+    let nft_text = nft::text::render(&state.companion, &nft_header);
+    ipvs::text::render_full(state, &ipvs_header(plan), &nft_text)
+}
+
+fn ipvs_header(plan: &Plan) -> Vec<String> {
+    let mut lines = header(plan, "IPVS");
+    lines.push(ipvs::text::LOAD_HINT.into());
+    lines
 }

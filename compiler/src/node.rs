@@ -92,6 +92,15 @@ impl NodeContext {
             .find(|ip| Family::of(ip) == family)
     }
 
+    /// Every node IP of a family, the primary first.
+    pub fn node_ips(&self, family: Family) -> Vec<IpAddr> {
+        self.node_ips
+            .iter()
+            .copied()
+            .filter(|ip| Family::of(ip) == family)
+            .collect()
+    }
+
     pub fn cluster_cidrs(&self, family: Family) -> Vec<IpNet> {
         of_family(&self.cluster_cidrs, family)
     }

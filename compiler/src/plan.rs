@@ -35,7 +35,11 @@ pub struct FamilyPlan {
     /// Service CIDRs of this family: unallocated addresses inside are dropped.
     pub service_cidrs: Vec<IpNet>,
     pub nodeport_addresses: NodePortAddresses,
+    /// The primary node IP of this family.
     pub node_ip: Option<IpAddr>,
+    /// Every node IP of this family, the primary first: the IPVS backend needs concrete
+    /// addresses for its NodePort virtual servers where nftables matches prefixes.
+    pub node_ips: Vec<IpAddr>,
     pub masquerade_all: bool,
     pub masquerade_mark: u32,
     /// Sorted by namespace, name, port name, protocol.
@@ -201,6 +205,7 @@ pub fn build(snapshot: &Snapshot, services: &[ServiceSpec], node: &NodeContext) 
             service_cidrs: node.service_cidrs(family),
             nodeport_addresses: node.nodeport_addresses(family),
             node_ip: node.node_ip(family),
+            node_ips: node.node_ips(family),
             masquerade_all: node.masquerade_all,
             masquerade_mark: node.masquerade_mark(),
             cluster_cidrs,
@@ -323,6 +328,38 @@ fn plan_port(
         internal,
         internal_masquerade,
         external,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_plan_lists_every_node_ip_of_its_family_primary_first() {
+        let node = NodeContext {
+            node_ips: ["192.168.1.1", "fd00::1", "10.0.0.1", "fd00::2"]
+                .iter()
+                .map(|ip| ip.parse().expect("literal"))
+                .collect(),
+            ..NodeContext::default()
+        };
+        let snapshot = Snapshot::from_objects(Vec::new()).expect("empty snapshot");
+        let families = build(&snapshot, &[], &node);
+        let ips = |i: usize| -> Vec<String> {
+            families[i]
+                .node_ips
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect()
+        };
+        assert_eq!(families.len(), 2);
+        assert_eq!(ips(0), ["192.168.1.1", "10.0.0.1"]);
+        assert_eq!(ips(1), ["fd00::1", "fd00::2"]);
+        assert_eq!(
+            families[0].node_ip,
+            Some("192.168.1.1".parse().expect("literal"))
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! Golden files: every fixture compiles to exactly its expected ruleset (text and
-//! JSON) and warnings; every error fixture fails with exactly its expected message,
+//! JSON), IPVS set (ipvsadm text and the full state) and warnings; every error
+//! fixture fails with exactly its expected message,
 //! exit status 2 and nothing on stdout. `UPDATE_GOLDEN=1` rewrites the golden files.
 
 use std::path::Path;
@@ -40,6 +41,43 @@ fn every_fixture_matches_its_golden_ruleset() {
             ("warnings", text.stderr.as_str()),
         ] {
             if let Err(e) = check_golden(&golden_path("nftables", &fixture, ext), actual) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The IPVS backend: `golden/ipvs/<fixture>.ipvs` (virtual servers), `.full` (with the
+/// addresses and the companion nftables table) and `.warnings`.
+#[test]
+fn every_fixture_matches_its_golden_ipvs_set() {
+    let mut failures = Vec::new();
+    for fixture in good_fixtures() {
+        let text = compile(&fixture, &["--backend", "ipvs"]);
+        let full = compile(&fixture, &["--backend", "ipvs", "--output", "full"]);
+        if text.code != 0 || full.code != 0 {
+            failures.push(format!(
+                "{}: exit {}/{}: {}",
+                fixture.display(),
+                text.code,
+                full.code,
+                full.stderr
+            ));
+            continue;
+        }
+        if !full.stdout.starts_with(&text.stdout) || full.stderr != text.stderr {
+            failures.push(format!(
+                "{}: --output full does not extend the text output",
+                fixture.display()
+            ));
+        }
+        for (ext, actual) in [
+            ("ipvs", text.stdout.as_str()),
+            ("full", full.stdout.as_str()),
+            ("warnings", text.stderr.as_str()),
+        ] {
+            if let Err(e) = check_golden(&golden_path("ipvs", &fixture, ext), actual) {
                 failures.push(e);
             }
         }
@@ -121,6 +159,13 @@ fn output_does_not_depend_on_object_or_file_order() {
             first.stdout,
             shuffled.stdout,
             "{} reversed",
+            fixture.display()
+        );
+        let ipvs = ["--backend", "ipvs", "--output", "full"];
+        assert_eq!(
+            compile(&fixture, &ipvs).stdout,
+            compile(Path::new(&reversed), &ipvs).stdout,
+            "{} reversed, IPVS",
             fixture.display()
         );
     }
