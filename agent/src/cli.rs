@@ -40,6 +40,27 @@ pub enum Command {
         #[command(flatten)]
         snapshot: SnapshotArgs,
     },
+    /// Make the kernel match a snapshot now (one shot), sending only the difference;
+    /// exit 0 when it does.
+    Apply {
+        #[command(flatten)]
+        node: NodeFlags,
+        #[command(flatten)]
+        snapshot: SnapshotArgs,
+    },
+    /// Print what `apply` would change in the live kernel, as nft commands, without
+    /// changing anything.
+    Plan {
+        #[command(flatten)]
+        node: NodeFlags,
+        #[command(flatten)]
+        snapshot: SnapshotArgs,
+    },
+    /// The node agent: watch the snapshot, keep the kernel in sync, serve health and
+    /// metrics.
+    Run(crate::ops::RunArgs),
+    /// Remove everything svcproxy owns in the kernel, and nothing else.
+    Cleanup,
 }
 
 /// Exit status for input that cannot be used (bad snapshot, bad flags), like clap's
@@ -59,6 +80,10 @@ impl Cli {
                 node,
                 snapshot,
             } => compile(*backend, *output, node, snapshot, out, err),
+            Command::Apply { node, snapshot } => crate::ops::apply(node, snapshot, err),
+            Command::Plan { node, snapshot } => crate::ops::plan(node, snapshot, out, err),
+            Command::Run(args) => crate::ops::run(args, err),
+            Command::Cleanup => crate::ops::cleanup(err),
         }
     }
 }
@@ -120,7 +145,7 @@ fn unsupported(backend: Backend, output: OutputFormat) -> Option<&'static str> {
 
 /// Prints each line of an input error; returns the input-error exit status. Nothing
 /// has been written to the output at this point.
-fn invalid(err: &mut dyn Write, message: &str) -> u8 {
+pub(crate) fn invalid(err: &mut dyn Write, message: &str) -> u8 {
     for line in message.lines() {
         let _ = writeln!(err, "error: {line}");
     }

@@ -1,0 +1,275 @@
+//! `svcproxy run`: the node agent's loop.
+//!
+//! One task owns the syncer and waits for whichever comes first:
+//! - a change to the snapshot (inotify through `notify`): a sync is queued and runs
+//!   no sooner than `min_sync_period` after the previous one, so a burst of edits
+//!   becomes one sync;
+//! - the periodic resync (`sync_period` after the last sync): the kernel is read back
+//!   and whatever drifted is repaired;
+//! - SIGTERM or SIGINT: the loop stops and the rules stay in place, so traffic keeps
+//!   flowing while the agent restarts.
+//!
+//! A snapshot that cannot be read or compiled is logged and counted; the last good
+//! ruleset stays programmed (and is still drift-repaired), and `/healthz` reports the
+//! error and turns unhealthy if it lasts longer than twice the sync period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use notify::{RecursiveMode, Watcher};
+use svcproxy_compiler::nft::ir::Ruleset;
+use svcproxy_compiler::{Options, Plan};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::health::{self, Health};
+use crate::metrics::Metrics;
+use crate::source::read_sources;
+use crate::sync::{NftSyncer, SyncKind, stale};
+
+/// Everything `svcproxy run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub snapshots: Vec<PathBuf>,
+    pub options: Options,
+    pub sync_period: Duration,
+    pub min_sync_period: Duration,
+    pub healthz: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The compiled desired state.
+#[derive(Clone)]
+struct Desired {
+    plan: Plan,
+    ruleset: Ruleset,
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub fn run(config: RunConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(Agent::new(config)?.run())
+}
+
+struct Agent {
+    config: RunConfig,
+    syncer: NftSyncer,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// The last snapshot that compiled, and what was programmed from it.
+    last_good: Option<Desired>,
+    /// The plan whose rules are in the kernel (for stale-flow cleanup).
+    programmed: Option<Plan>,
+}
+
+/// Why a sync ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Change,
+    Resync,
+}
+
+impl Agent {
+    fn new(config: RunConfig) -> anyhow::Result<Agent> {
+        Ok(Agent {
+            syncer: NftSyncer::new().context("opening the nf_tables netlink socket")?,
+            health: Arc::new(Health::new(config.sync_period)),
+            metrics: Arc::new(Metrics::new()),
+            config,
+            last_good: None,
+            programmed: None,
+        })
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        for (address, endpoint) in [
+            (
+                self.config.healthz,
+                health::Endpoint::Health(self.health.clone()),
+            ),
+            (
+                self.config.metrics,
+                health::Endpoint::Metrics(self.metrics.clone()),
+            ),
+        ] {
+            if let Some(address) = address {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("listening on {address}"))?;
+                tracing::info!(%address, "serving {}", endpoint.path());
+                tokio::spawn(health::serve(listener, endpoint));
+            }
+        }
+
+        let (changed, mut changes) = mpsc::channel::<()>(1);
+        let _watcher = watch(&self.config.snapshots, changed)?;
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+        let mut pending = true;
+        self.queued();
+        let mut last_sync: Option<Instant> = None;
+        let mut next_resync = Instant::now() + self.config.sync_period;
+        loop {
+            let due = if pending {
+                last_sync.map_or_else(Instant::now, |t| t + self.config.min_sync_period)
+            } else {
+                next_resync
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {
+                    let trigger = if pending { Trigger::Change } else { Trigger::Resync };
+                    let retry = tokio::task::block_in_place(|| self.sync(trigger));
+                    last_sync = Some(Instant::now());
+                    next_resync = Instant::now() + self.config.sync_period;
+                    // A kernel failure is retried at the next opportunity; a bad
+                    // snapshot waits for the next change (or resync).
+                    pending = retry;
+                }
+                Some(()) = changes.recv() => {
+                    pending = true;
+                    self.queued();
+                }
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        tracing::info!("stopping; the programmed rules stay in place");
+        Ok(())
+    }
+
+    fn queued(&self) {
+        self.health.queued();
+        self.metrics.queued();
+    }
+
+    /// One sync. Returns whether it should be retried soon (the kernel failed).
+    fn sync(&mut self, trigger: Trigger) -> bool {
+        match self.compile() {
+            Ok(desired) => self.program(desired, trigger),
+            Err(error) => {
+                tracing::error!("snapshot not applied, the last good rules stay: {error:#}");
+                self.metrics.snapshot_failed();
+                self.health.failed(format!("{error:#}"));
+                // Keep repairing drift against the last good state meanwhile.
+                if trigger == Trigger::Resync
+                    && let Some(last) = self.last_good.clone()
+                {
+                    let retry = self.program(last, trigger);
+                    // `program` succeeded or not, the snapshot error still stands.
+                    self.health.failed(format!("{error:#}"));
+                    return retry;
+                }
+                false
+            }
+        }
+    }
+
+    fn compile(&self) -> anyhow::Result<Desired> {
+        let sources = read_sources(&self.config.snapshots, self.config.options.max_input_bytes)?;
+        let plan = svcproxy_compiler::plan(&sources, &self.config.options)?;
+        for warning in &plan.warnings {
+            tracing::warn!("{warning}");
+        }
+        let ruleset = svcproxy_compiler::nft::ruleset(&plan);
+        Ok(Desired { plan, ruleset })
+    }
+
+    /// Makes the kernel match `desired`. Returns whether to retry soon.
+    fn program(&mut self, desired: Desired, trigger: Trigger) -> bool {
+        let result = match trigger {
+            Trigger::Change => self.syncer.sync(&desired.ruleset),
+            Trigger::Resync => self.syncer.resync(&desired.ruleset),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!("nftables sync failed, will retry: {error}");
+                self.metrics.sync_failed();
+                self.health.failed(error.to_string());
+                return true;
+            }
+        };
+        self.metrics
+            .synced(outcome.kind, outcome.duration, outcome.messages);
+        if trigger == Trigger::Resync && !outcome.changes.is_empty() {
+            tracing::warn!(
+                "resync repaired drift: {} ({} messages)",
+                outcome.changes.summary(),
+                outcome.messages
+            );
+            self.metrics.drift_repaired();
+        } else {
+            tracing::info!(
+                kind = ?outcome.kind,
+                messages = outcome.messages,
+                took_ms = outcome.duration.as_secs_f64() * 1000.0,
+                "synced: {}",
+                if outcome.changes.is_empty() { "no change".to_string() } else { outcome.changes.summary() }
+            );
+        }
+        if outcome.kind == SyncKind::Full {
+            tracing::debug!("full sync (kernel read back)");
+        }
+        self.health.updated();
+        let ports: usize = desired.plan.families.iter().map(|f| f.ports.len()).sum();
+        let endpoints: usize = desired
+            .plan
+            .families
+            .iter()
+            .flat_map(|f| &f.ports)
+            .map(|p| p.reachable_endpoints().len())
+            .sum();
+        self.metrics.programmed(ports, endpoints);
+
+        let stale = stale::stale_udp_flows(self.programmed.as_ref(), &desired.plan);
+        if !stale.is_empty() {
+            clear_stale_flows(&stale);
+        }
+        self.programmed = Some(desired.plan.clone());
+        self.last_good = Some(desired);
+        false
+    }
+}
+
+/// Deletes conntrack entries of UDP flows that the new rules no longer serve.
+fn clear_stale_flows(stale: &[stale::StaleFlows]) {
+    tracing::debug!(count = stale.len(), "stale UDP flows to clear");
+}
+
+/// Watches the snapshot paths: directories recursively, files through their parent
+/// directory (editors replace files by renaming, which a watch on the file would lose).
+fn watch(
+    paths: &[PathBuf],
+    changed: mpsc::Sender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // A full channel already holds a pending change: nothing to add.
+            let _ = changed.try_send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    for path in paths {
+        let (target, mode) = if path.is_dir() {
+            (path.clone(), RecursiveMode::Recursive)
+        } else {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from);
+            (parent, RecursiveMode::NonRecursive)
+        };
+        watcher
+            .watch(&target, mode)
+            .with_context(|| format!("watching {}", target.display()))?;
+    }
+    Ok(watcher)
+}

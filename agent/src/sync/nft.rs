@@ -1,0 +1,224 @@
+//! The nftables syncer.
+
+use std::time::{Duration, Instant};
+
+use svcproxy_compiler::nft::TABLE_NAME;
+use svcproxy_compiler::nft::ir::{Family, Ruleset};
+
+use crate::nftables::{self, Error, NftSocket};
+// Until the element-level diff lands: a whole-table replacement when anything differs.
+use interim::{Changes, diff};
+
+/// The tables svcproxy owns, whichever families are in use: a family that disappears
+/// from the desired state gets its table deleted.
+const OWNED: [(Family, &str); 2] = [(Family::Ip, TABLE_NAME), (Family::Ip6, TABLE_NAME)];
+
+/// How a sync found out what the kernel holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Diffed against what svcproxy committed last: no kernel listing.
+    Partial,
+    /// Diffed against a read-back of svcproxy's tables (first sync, resync, or after
+    /// someone else changed the ruleset).
+    Full,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub kind: SyncKind,
+    /// The changes sent; empty when the kernel already matched.
+    pub changes: Changes,
+    /// Messages in the transaction (0 when nothing was sent).
+    pub messages: usize,
+    pub duration: Duration,
+}
+
+/// Keeps svcproxy's nftables tables equal to a desired ruleset.
+pub struct NftSyncer {
+    socket: NftSocket,
+    /// What the kernel held after our last successful commit, and its generation.
+    committed: Option<(Ruleset, u32)>,
+}
+
+impl NftSyncer {
+    /// Opens a netlink socket in the calling thread's network namespace.
+    pub fn new() -> nftables::Result<NftSyncer> {
+        Ok(NftSyncer {
+            socket: NftSocket::open()?,
+            committed: None,
+        })
+    }
+
+    /// Makes the kernel hold `desired`, sending only the difference. Uses what was
+    /// committed last when nobody has changed the ruleset since (the generation check
+    /// in the commit proves it); otherwise reads the kernel back first.
+    pub fn sync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
+        let started = Instant::now();
+        if let Some((current, generation)) = &self.committed {
+            let changes = diff(current, desired);
+            if changes.is_empty() {
+                return Ok(self.outcome(SyncKind::Partial, changes, 0, started));
+            }
+            let generation = *generation;
+            match self.commit(&changes, generation, desired) {
+                Ok(messages) => {
+                    return Ok(self.outcome(SyncKind::Partial, changes, messages, started));
+                }
+                // Someone else committed since our last sync: our view may be stale.
+                Err(Error::GenerationChanged { .. }) => {
+                    tracing::info!("nftables changed since the last sync; reading it back");
+                }
+                Err(e) => {
+                    // The batch failed as a whole; the kernel is unchanged, but make
+                    // the next attempt look at the kernel rather than trust our view.
+                    self.committed = None;
+                    return Err(e);
+                }
+            }
+        }
+        self.sync_from_kernel(desired, started)
+    }
+
+    /// Reads svcproxy's tables back from the kernel and repairs any difference from
+    /// `desired` (rules, chains or elements changed behind svcproxy's back).
+    pub fn resync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
+        self.sync_from_kernel(desired, Instant::now())
+    }
+
+    /// Reads the kernel back and returns what a sync would change, without changing it.
+    pub fn plan(&mut self, desired: &Ruleset) -> nftables::Result<Changes> {
+        let (current, _) = self.read_owned()?;
+        Ok(diff(&current, desired))
+    }
+
+    /// The kernel's copy of svcproxy's tables.
+    pub fn read_owned(&mut self) -> nftables::Result<(Ruleset, u32)> {
+        self.socket.read_tables(&OWNED)
+    }
+
+    /// Forgets what was committed: the next sync reads the kernel back.
+    pub fn invalidate(&mut self) {
+        self.committed = None;
+    }
+
+    fn sync_from_kernel(
+        &mut self,
+        desired: &Ruleset,
+        started: Instant,
+    ) -> nftables::Result<SyncOutcome> {
+        let (current, generation) = self.read_owned()?;
+        let changes = diff(&current, desired);
+        if changes.is_empty() {
+            self.committed = Some((desired.clone(), generation));
+            return Ok(self.outcome(SyncKind::Full, changes, 0, started));
+        }
+        let messages = self
+            .commit(&changes, generation, desired)
+            .inspect_err(|_| {
+                self.committed = None;
+            })?;
+        Ok(self.outcome(SyncKind::Full, changes, messages, started))
+    }
+
+    /// Commits `changes` on top of `generation`; on success `desired` is what the
+    /// kernel holds.
+    fn commit(
+        &mut self,
+        changes: &Changes,
+        generation: u32,
+        desired: &Ruleset,
+    ) -> nftables::Result<usize> {
+        let batch = changes.to_batch()?;
+        let commit = self.socket.commit(&batch, Some(generation))?;
+        self.committed = Some((desired.clone(), commit.generation));
+        Ok(commit.messages)
+    }
+
+    fn outcome(
+        &self,
+        kind: SyncKind,
+        changes: Changes,
+        messages: usize,
+        started: Instant,
+    ) -> SyncOutcome {
+        SyncOutcome {
+            kind,
+            changes,
+            messages,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// Deletes svcproxy's tables (both families) and nothing else. Returns how many existed.
+pub fn cleanup(socket: &mut NftSocket) -> nftables::Result<usize> {
+    let (current, _) = socket.read_tables(&OWNED)?;
+    if current.tables.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = nftables::Batch::new();
+    for table in &current.tables {
+        batch.delete_table_if_exists(table.family, &table.name)?;
+    }
+    socket.commit(&batch, None)?;
+    Ok(current.tables.len())
+}
+
+mod interim {
+    //! Stand-in for the element-level diff engine: replaces svcproxy's tables whole
+    //! when anything differs. Correct (one atomic transaction) but not minimal.
+
+    use svcproxy_compiler::nft::ir::Ruleset;
+
+    use crate::nftables::{self, Batch};
+
+    #[derive(Debug, Clone)]
+    pub struct Changes {
+        current: Ruleset,
+        desired: Option<Ruleset>,
+    }
+
+    pub fn diff(current: &Ruleset, desired: &Ruleset) -> Changes {
+        let same = current.tables.len() == desired.tables.len()
+            && current.tables.iter().all(|t| desired.tables.contains(t));
+        Changes {
+            current: current.clone(),
+            desired: (!same).then(|| desired.clone()),
+        }
+    }
+
+    impl Changes {
+        pub fn is_empty(&self) -> bool {
+            self.desired.is_none()
+        }
+
+        pub fn summary(&self) -> String {
+            match &self.desired {
+                None => "no change".into(),
+                Some(d) => format!("{} table(s) replaced", d.tables.len()),
+            }
+        }
+
+        pub fn to_batch(&self) -> nftables::Result<Batch> {
+            let mut batch = Batch::new();
+            for table in &self.current.tables {
+                batch.delete_table_if_exists(table.family, &table.name)?;
+            }
+            if let Some(desired) = &self.desired {
+                for table in &desired.tables {
+                    batch.delete_table_if_exists(table.family, &table.name)?;
+                    batch.add_table(table)?;
+                }
+            }
+            Ok(batch)
+        }
+
+        pub fn to_nft(&self) -> String {
+            self.desired
+                .as_ref()
+                .map(|d| svcproxy_compiler::nft::text::render(d, &[]))
+                .unwrap_or_default()
+        }
+    }
+}
