@@ -112,6 +112,21 @@ pub fn compile(fixture: &Path, extra: &[&str]) -> Run {
     svcproxy(&args)
 }
 
+/// The plan of a fixture, compiled in-process with its `# args:` flags (for tests that
+/// need the compiler's data rather than its text).
+pub fn plan(fixture: &Path) -> svcproxy_compiler::Plan {
+    let mut argv = vec!["svcproxy".to_string(), "apply".to_string()];
+    argv.extend(args_of(fixture));
+    argv.push(root().join(fixture).display().to_string());
+    let cli = Cli::try_parse_from(&argv).expect("fixture flags parse");
+    let svcproxy_agent::cli::Command::Apply { node, snapshot } = cli.command else {
+        unreachable!("parsed as apply")
+    };
+    let sources = svcproxy_agent::source::read_sources(&snapshot.snapshots, usize::MAX)
+        .expect("fixture readable");
+    svcproxy_compiler::plan(&sources, &node.options()).expect("fixture compiles")
+}
+
 /// The golden file for a fixture: `golden/<kind>/<fixture path without fixtures/ and
 /// extension>.<ext>`.
 pub fn golden_path(kind: &str, fixture: &Path, ext: &str) -> PathBuf {

@@ -95,6 +95,31 @@ impl Netns {
             .map(drop)
     }
 
+    /// Runs `f` on a fresh thread that has entered this namespace, so sockets it
+    /// opens (netlink included) belong to the namespace. The test's own threads stay
+    /// where they are.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let inside = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: setns(2) on a valid namespace fd affects only this thread.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    if rc != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(f())
+                })
+                .join()
+        });
+        match inside {
+            Ok(result) => result.with_context(|| format!("setns into {path}")),
+            Err(_) => bail!("the thread inside {path} panicked"),
+        }
+    }
+
     /// Loads an nftables ruleset (`nft -f -`) into the namespace.
     pub fn nft(&self, ruleset: &str) -> Result<()> {
         let mut child = self

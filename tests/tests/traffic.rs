@@ -2,14 +2,16 @@
 //! into the node namespace of the test topology, and real TCP and UDP connections from
 //! outside the cluster, from a pod, from an endpoint pod and from the node itself show
 //! which endpoint answers, whether the source was masqueraded, and whether a packet is
-//! rejected or dropped. One test per traffic class of the semantics notes.
+//! rejected or dropped. One test per traffic class of the semantics notes, each run
+//! twice: with the ruleset loaded by `nft -f`, and applied by the agent through netlink.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use svcproxy_tests::fixtures::compile;
+use svcproxy_agent::sync::NftSyncer;
+use svcproxy_tests::fixtures::{compile, plan};
 use svcproxy_tests::topology::{EXT_V4, EXT_V6, EXT2_V4, NODE_V4, NODE_V6};
 use svcproxy_tests::{
     Cluster, Netns, Outcome, ProbeOpts, Proto, probe, probe_with, require_kernel, set_testd_path,
@@ -24,6 +26,17 @@ const CLIENT: (&str, u8) = ("client", 9);
 /// probability 2^-29.
 const SAMPLES: usize = 30;
 
+/// How the ruleset gets into the node.
+#[derive(Debug, Clone, Copy)]
+enum Loader {
+    /// `nft -f` of `svcproxy compile`'s text.
+    Nft,
+    /// The agent's netlink path (the syncer `svcproxy apply` and `run` use).
+    Agent,
+}
+
+const LOADERS: [Loader; 2] = [Loader::Nft, Loader::Agent];
+
 /// The topology with the fixture's ruleset loaded into the node.
 struct Lab {
     c: Cluster,
@@ -31,15 +44,27 @@ struct Lab {
 
 impl Lab {
     /// `None` when the test may not use the kernel (see `require_kernel`).
-    fn new() -> Option<Lab> {
+    fn new(loader: Loader) -> Option<Lab> {
         set_testd_path(env!("CARGO_BIN_EXE_svcproxy-testd"));
         if !require_kernel() {
             return None;
         }
         let c = topology();
-        let compiled = compile(Path::new(FIXTURE), &[]);
-        assert_eq!(compiled.code, 0, "{}", compiled.stderr);
-        c.node.nft(&compiled.stdout).unwrap();
+        eprintln!("-- the ruleset is loaded by {loader:?}");
+        match loader {
+            Loader::Nft => {
+                let compiled = compile(Path::new(FIXTURE), &[]);
+                assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+                c.node.nft(&compiled.stdout).unwrap();
+            }
+            Loader::Agent => {
+                let ruleset = svcproxy_compiler::nft::ruleset(&plan(Path::new(FIXTURE)));
+                c.node
+                    .enter(|| NftSyncer::new().and_then(|mut s| s.sync(&ruleset)))
+                    .unwrap()
+                    .unwrap();
+            }
+        }
         Some(Lab { c })
     }
 
@@ -149,90 +174,96 @@ fn node_side(index: u8) -> IpAddr {
 
 #[test]
 fn cluster_ip_spreads_over_ready_endpoints_and_masquerades_only_off_cluster_sources() {
-    let Some(lab) = Lab::new() else { return };
-    let client = lab.pod("client");
-    let masqueraded: BTreeSet<IpAddr> = [node_side(1), node_side(3)].into();
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let client = lab.pod("client");
+        let masqueraded: BTreeSet<IpAddr> = [node_side(1), node_side(3)].into();
 
-    // From a pod: both endpoints, and the pod's own source address.
-    let from_pod = answers(client, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
-    assert_eq!(names(&from_pod), set(&["a1", "b1"]));
-    assert_eq!(peers(&from_pod), [lab.ip_of("client")].into());
+        // From a pod: both endpoints, and the pod's own source address.
+        let from_pod = answers(client, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
+        assert_eq!(names(&from_pod), set(&["a1", "b1"]));
+        assert_eq!(peers(&from_pod), [lab.ip_of("client")].into());
 
-    // From outside the cluster (routed to the service CIDR through the node):
-    // masqueraded, so replies come back through this node.
-    let from_ext = answers(&lab.c.ext, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
-    assert_eq!(names(&from_ext), set(&["a1", "b1"]));
-    assert!(peers(&from_ext).is_subset(&masqueraded), "{from_ext:?}");
+        // From outside the cluster (routed to the service CIDR through the node):
+        // masqueraded, so replies come back through this node.
+        let from_ext = answers(&lab.c.ext, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
+        assert_eq!(names(&from_ext), set(&["a1", "b1"]));
+        assert!(peers(&from_ext).is_subset(&masqueraded), "{from_ext:?}");
 
-    // From the node itself: not a pod, so masqueraded too.
-    let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
-    assert_eq!(names(&from_node), set(&["a1", "b1"]));
-    assert!(peers(&from_node).is_subset(&masqueraded), "{from_node:?}");
+        // From the node itself: not a pod, so masqueraded too.
+        let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
+        assert_eq!(names(&from_node), set(&["a1", "b1"]));
+        assert!(peers(&from_node).is_subset(&masqueraded), "{from_node:?}");
 
-    // UDP takes the same path.
-    let udp = answers(client, Proto::Udp, at(v4("10.96.0.10"), 53), SAMPLES);
-    assert_eq!(names(&udp), set(&["a1", "b1"]));
-    assert_eq!(peers(&udp), [lab.ip_of("client")].into());
+        // UDP takes the same path.
+        let udp = answers(client, Proto::Udp, at(v4("10.96.0.10"), 53), SAMPLES);
+        assert_eq!(names(&udp), set(&["a1", "b1"]));
+        assert_eq!(peers(&udp), [lab.ip_of("client")].into());
+    }
 }
 
 #[test]
 fn ipv6_cluster_ip_and_node_port() {
-    let Some(lab) = Lab::new() else { return };
-    let client = lab.pod("client");
-    let client_v6 = IpAddr::V6(lab.c.pod("client").unwrap().v6());
-    let vip: IpAddr = "fd00:96::10".parse().unwrap();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        let port = if proto == Proto::Tcp { 80 } else { 53 };
-        let from_pod = answers(client, proto, at(vip, port), SAMPLES);
-        assert_eq!(names(&from_pod), set(&["a1", "b1"]), "{proto}");
-        assert_eq!(peers(&from_pod), [client_v6].into(), "{proto}");
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let client = lab.pod("client");
+        let client_v6 = IpAddr::V6(lab.c.pod("client").unwrap().v6());
+        let vip: IpAddr = "fd00:96::10".parse().unwrap();
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let port = if proto == Proto::Tcp { 80 } else { 53 };
+            let from_pod = answers(client, proto, at(vip, port), SAMPLES);
+            assert_eq!(names(&from_pod), set(&["a1", "b1"]), "{proto}");
+            assert_eq!(peers(&from_pod), [client_v6].into(), "{proto}");
+        }
+        let from_ext = answers(&lab.c.ext, Proto::Tcp, at(vip, 80), SAMPLES);
+        assert_eq!(names(&from_ext), set(&["a1", "b1"]));
+        assert!(
+            !peers(&from_ext).contains(&IpAddr::V6(EXT_V6)),
+            "ext must be masqueraded"
+        );
+        let node_port = answers(&lab.c.ext, Proto::Tcp, at(NODE_V6, 30010), SAMPLES);
+        assert_eq!(names(&node_port), set(&["a1", "b1"]));
+        assert!(!peers(&node_port).contains(&IpAddr::V6(EXT_V6)));
+        assert_eq!(
+            outcomes(
+                client,
+                Proto::Tcp,
+                at("fd00:96::20".parse::<IpAddr>().unwrap(), 80),
+                None
+            ),
+            vec![Outcome::Refused; 2],
+            "an IPv6 service without endpoints rejects"
+        );
     }
-    let from_ext = answers(&lab.c.ext, Proto::Tcp, at(vip, 80), SAMPLES);
-    assert_eq!(names(&from_ext), set(&["a1", "b1"]));
-    assert!(
-        !peers(&from_ext).contains(&IpAddr::V6(EXT_V6)),
-        "ext must be masqueraded"
-    );
-    let node_port = answers(&lab.c.ext, Proto::Tcp, at(NODE_V6, 30010), SAMPLES);
-    assert_eq!(names(&node_port), set(&["a1", "b1"]));
-    assert!(!peers(&node_port).contains(&IpAddr::V6(EXT_V6)));
-    assert_eq!(
-        outcomes(
-            client,
-            Proto::Tcp,
-            at("fd00:96::20".parse::<IpAddr>().unwrap(), 80),
-            None
-        ),
-        vec![Outcome::Refused; 2],
-        "an IPv6 service without endpoints rejects"
-    );
 }
 
 #[test]
 fn services_without_endpoints_reject_on_every_address() {
-    let Some(lab) = Lab::new() else { return };
-    let client = lab.pod("client");
-    let refused = vec![Outcome::Refused; 2];
-    assert_eq!(
-        outcomes(client, Proto::Tcp, at(v4("10.96.0.20"), 80), None),
-        refused
-    );
-    assert_eq!(
-        outcomes(client, Proto::Udp, at(v4("10.96.0.20"), 53), None),
-        refused
-    );
-    assert_eq!(
-        outcomes(&lab.c.ext, Proto::Tcp, at(NODE_V4, 30020), None),
-        refused
-    );
-    assert_eq!(
-        outcomes(&lab.c.ext, Proto::Udp, at(NODE_V4, 30021), None),
-        refused
-    );
-    assert_eq!(
-        outcomes(&lab.c.node, Proto::Tcp, at(v4("10.96.0.20"), 80), None),
-        refused
-    );
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let client = lab.pod("client");
+        let refused = vec![Outcome::Refused; 2];
+        assert_eq!(
+            outcomes(client, Proto::Tcp, at(v4("10.96.0.20"), 80), None),
+            refused
+        );
+        assert_eq!(
+            outcomes(client, Proto::Udp, at(v4("10.96.0.20"), 53), None),
+            refused
+        );
+        assert_eq!(
+            outcomes(&lab.c.ext, Proto::Tcp, at(NODE_V4, 30020), None),
+            refused
+        );
+        assert_eq!(
+            outcomes(&lab.c.ext, Proto::Udp, at(NODE_V4, 30021), None),
+            refused
+        );
+        assert_eq!(
+            outcomes(&lab.c.node, Proto::Tcp, at(v4("10.96.0.20"), 80), None),
+            refused
+        );
+    }
 }
 
 #[test]
@@ -252,151 +283,167 @@ fn wrong_port_of_a_cluster_ip_rejects_and_unallocated_service_ips_are_dropped() 
     );
     drop(bare);
 
-    let Some(lab) = Lab::new() else { return };
-    let client = lab.pod("client");
-    assert_eq!(
-        outcomes(client, Proto::Tcp, at(v4("10.96.0.10"), 81), None),
-        vec![Outcome::Refused; 2],
-        "a ClusterIP on a port the service does not have"
-    );
-    assert_eq!(
-        outcomes(client, Proto::Tcp, unallocated, None),
-        vec![Outcome::Timeout; 2],
-        "an address of the service CIDR that no service has"
-    );
-    assert_eq!(
-        outcomes(&lab.c.node, Proto::Tcp, at(v4("10.96.0.10"), 81), None),
-        vec![Outcome::Refused; 2],
-        "from the node too (a UDP send from the node fails at once with EPERM instead)"
-    );
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let client = lab.pod("client");
+        assert_eq!(
+            outcomes(client, Proto::Tcp, at(v4("10.96.0.10"), 81), None),
+            vec![Outcome::Refused; 2],
+            "a ClusterIP on a port the service does not have"
+        );
+        assert_eq!(
+            outcomes(client, Proto::Tcp, unallocated, None),
+            vec![Outcome::Timeout; 2],
+            "an address of the service CIDR that no service has"
+        );
+        assert_eq!(
+            outcomes(&lab.c.node, Proto::Tcp, at(v4("10.96.0.10"), 81), None),
+            vec![Outcome::Refused; 2],
+            "from the node too (a UDP send from the node fails at once with EPERM instead)"
+        );
+    }
 }
 
 #[test]
 fn node_port_with_cluster_policy_masquerades_and_uses_all_endpoints() {
-    let Some(lab) = Lab::new() else { return };
-    let masqueraded: BTreeSet<IpAddr> = [node_side(1), node_side(3)].into();
-    for (proto, port) in [(Proto::Tcp, 30010), (Proto::Udp, 30011)] {
-        let got = answers(&lab.c.ext, proto, at(NODE_V4, port), SAMPLES);
-        assert_eq!(names(&got), set(&["a1", "b1"]), "{proto}");
-        assert!(peers(&got).is_subset(&masqueraded), "{proto}: {got:?}");
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let masqueraded: BTreeSet<IpAddr> = [node_side(1), node_side(3)].into();
+        for (proto, port) in [(Proto::Tcp, 30010), (Proto::Udp, 30011)] {
+            let got = answers(&lab.c.ext, proto, at(NODE_V4, port), SAMPLES);
+            assert_eq!(names(&got), set(&["a1", "b1"]), "{proto}");
+            assert!(peers(&got).is_subset(&masqueraded), "{proto}: {got:?}");
+        }
     }
 }
 
 #[test]
 fn external_traffic_policy_local_keeps_the_source_and_short_circuits_pods_and_the_node() {
-    let Some(lab) = Lab::new() else { return };
-    let ext_v4 = IpAddr::V4(EXT_V4);
-    // From outside, to the LoadBalancer IP, the externalIP and the NodePort: only the
-    // local endpoint, and the client's own address.
-    for dst in [
-        at(v4("203.0.113.20"), 80),
-        at(v4("203.0.113.60"), 80),
-        at(NODE_V4, 30030),
-    ] {
-        let got = answers(&lab.c.ext, Proto::Tcp, dst, SAMPLES);
-        assert_eq!(names(&got), set(&["a2"]), "{dst}");
-        assert_eq!(
-            peers(&got),
-            [ext_v4].into(),
-            "{dst}: the source must be preserved"
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let ext_v4 = IpAddr::V4(EXT_V4);
+        // From outside, to the LoadBalancer IP, the externalIP and the NodePort: only the
+        // local endpoint, and the client's own address.
+        for dst in [
+            at(v4("203.0.113.20"), 80),
+            at(v4("203.0.113.60"), 80),
+            at(NODE_V4, 30030),
+        ] {
+            let got = answers(&lab.c.ext, Proto::Tcp, dst, SAMPLES);
+            assert_eq!(names(&got), set(&["a2"]), "{dst}");
+            assert_eq!(
+                peers(&got),
+                [ext_v4].into(),
+                "{dst}: the source must be preserved"
+            );
+        }
+        // From a pod: every endpoint, unmasqueraded.
+        let client = lab.pod("client");
+        let from_pod = answers(client, Proto::Tcp, at(v4("203.0.113.20"), 80), SAMPLES);
+        assert_eq!(names(&from_pod), set(&["a2", "b2"]));
+        assert_eq!(peers(&from_pod), [lab.ip_of("client")].into());
+        // From the node: every endpoint, masqueraded.
+        let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("203.0.113.20"), 80), SAMPLES);
+        assert_eq!(names(&from_node), set(&["a2", "b2"]));
+        assert!(
+            peers(&from_node).is_subset(&[node_side(2), node_side(4)].into()),
+            "{from_node:?}"
         );
-    }
-    // From a pod: every endpoint, unmasqueraded.
-    let client = lab.pod("client");
-    let from_pod = answers(client, Proto::Tcp, at(v4("203.0.113.20"), 80), SAMPLES);
-    assert_eq!(names(&from_pod), set(&["a2", "b2"]));
-    assert_eq!(peers(&from_pod), [lab.ip_of("client")].into());
-    // From the node: every endpoint, masqueraded.
-    let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("203.0.113.20"), 80), SAMPLES);
-    assert_eq!(names(&from_node), set(&["a2", "b2"]));
-    assert!(
-        peers(&from_node).is_subset(&[node_side(2), node_side(4)].into()),
-        "{from_node:?}"
-    );
 
-    // No local endpoint: outside traffic is dropped (another node may serve it),
-    // pods and the node still reach the remote endpoint.
-    for dst in [at(v4("203.0.113.21"), 80), at(NODE_V4, 30040)] {
-        assert_eq!(
-            outcomes(&lab.c.ext, Proto::Tcp, dst, None),
-            vec![Outcome::Timeout; 2],
-            "{dst}"
-        );
+        // No local endpoint: outside traffic is dropped (another node may serve it),
+        // pods and the node still reach the remote endpoint.
+        for dst in [at(v4("203.0.113.21"), 80), at(NODE_V4, 30040)] {
+            assert_eq!(
+                outcomes(&lab.c.ext, Proto::Tcp, dst, None),
+                vec![Outcome::Timeout; 2],
+                "{dst}"
+            );
+        }
+        let from_pod = answers(client, Proto::Tcp, at(v4("203.0.113.21"), 80), 5);
+        assert_eq!(names(&from_pod), set(&["b1"]));
+        let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("203.0.113.21"), 80), 5);
+        assert_eq!(names(&from_node), set(&["b1"]));
     }
-    let from_pod = answers(client, Proto::Tcp, at(v4("203.0.113.21"), 80), 5);
-    assert_eq!(names(&from_pod), set(&["b1"]));
-    let from_node = answers(&lab.c.node, Proto::Tcp, at(v4("203.0.113.21"), 80), 5);
-    assert_eq!(names(&from_node), set(&["b1"]));
 }
 
 #[test]
 fn load_balancer_source_ranges_drop_other_sources_but_not_on_the_node_port() {
-    let Some(lab) = Lab::new() else { return };
-    let lb = at(v4("203.0.113.40"), 80);
-    let allowed = answers_from(&lab.c.ext, Proto::Tcp, lb, 3, Some(IpAddr::V4(EXT2_V4)));
-    assert_eq!(names(&allowed), set(&["a1"]));
-    assert_eq!(
-        outcomes(&lab.c.ext, Proto::Tcp, lb, Some(IpAddr::V4(EXT_V4))),
-        vec![Outcome::Timeout; 2],
-        "192.168.100.2 is outside loadBalancerSourceRanges"
-    );
-    let node_port = answers_from(
-        &lab.c.ext,
-        Proto::Tcp,
-        at(NODE_V4, 30050),
-        3,
-        Some(IpAddr::V4(EXT_V4)),
-    );
-    assert_eq!(
-        names(&node_port),
-        set(&["a1"]),
-        "NodePorts are not firewalled"
-    );
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let lb = at(v4("203.0.113.40"), 80);
+        let allowed = answers_from(&lab.c.ext, Proto::Tcp, lb, 3, Some(IpAddr::V4(EXT2_V4)));
+        assert_eq!(names(&allowed), set(&["a1"]));
+        assert_eq!(
+            outcomes(&lab.c.ext, Proto::Tcp, lb, Some(IpAddr::V4(EXT_V4))),
+            vec![Outcome::Timeout; 2],
+            "192.168.100.2 is outside loadBalancerSourceRanges"
+        );
+        let node_port = answers_from(
+            &lab.c.ext,
+            Proto::Tcp,
+            at(NODE_V4, 30050),
+            3,
+            Some(IpAddr::V4(EXT_V4)),
+        );
+        assert_eq!(
+            names(&node_port),
+            set(&["a1"]),
+            "NodePorts are not firewalled"
+        );
+    }
 }
 
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
-    let Some(lab) = Lab::new() else { return };
-    let vip = at(v4("10.96.0.60"), 80);
-    for ns in [lab.pod("client"), &lab.c.ext, lab.pod("b1")] {
-        let got = answers(ns, Proto::Tcp, vip, 20);
-        assert_eq!(names(&got).len(), 1, "from {}: {got:?}", ns.name());
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let vip = at(v4("10.96.0.60"), 80);
+        for ns in [lab.pod("client"), &lab.c.ext, lab.pod("b1")] {
+            let got = answers(ns, Proto::Tcp, vip, 20);
+            assert_eq!(names(&got).len(), 1, "from {}: {got:?}", ns.name());
+        }
     }
 }
 
 #[test]
 fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
-    let Some(lab) = Lab::new() else { return };
-    let got = answers(
-        lab.pod("client"),
-        Proto::Tcp,
-        at(v4("10.96.0.70"), 80),
-        SAMPLES,
-    );
-    assert_eq!(names(&got), set(&["a1"]));
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let got = answers(
+            lab.pod("client"),
+            Proto::Tcp,
+            at(v4("10.96.0.70"), 80),
+            SAMPLES,
+        );
+        assert_eq!(names(&got), set(&["a1"]));
+    }
 }
 
 #[test]
 fn hairpin_an_endpoint_reaching_itself_through_the_service_is_masqueraded() {
-    let Some(lab) = Lab::new() else { return };
-    let a1 = lab.ip_of("a1");
-    let got = answers(lab.pod("a1"), Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
-    assert_eq!(names(&got), set(&["a1", "b1"]));
-    for (name, peer) in &got {
-        if name == "a1" {
-            // Without masquerade the reply would skip the node's de-NAT and the
-            // connection would never complete.
-            assert_eq!(*peer, node_side(1), "hairpin answer from {name}");
-        } else {
-            assert_eq!(*peer, a1, "a1 is a pod: no masquerade towards b1");
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let a1 = lab.ip_of("a1");
+        let got = answers(lab.pod("a1"), Proto::Tcp, at(v4("10.96.0.10"), 80), SAMPLES);
+        assert_eq!(names(&got), set(&["a1", "b1"]));
+        for (name, peer) in &got {
+            if name == "a1" {
+                // Without masquerade the reply would skip the node's de-NAT and the
+                // connection would never complete.
+                assert_eq!(*peer, node_side(1), "hairpin answer from {name}");
+            } else {
+                assert_eq!(*peer, a1, "a1 is a pod: no masquerade towards b1");
+            }
         }
     }
 }
 
 #[test]
 fn serving_terminating_endpoints_take_over_when_none_is_ready() {
-    let Some(lab) = Lab::new() else { return };
-    let got = answers(lab.pod("client"), Proto::Tcp, at(v4("10.96.0.80"), 80), 10);
-    assert_eq!(names(&got), set(&["b2"]));
-    let _ = probe(&lab.c.ext, Proto::Tcp, at(v4("10.96.0.80"), 80), 1).unwrap();
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        let got = answers(lab.pod("client"), Proto::Tcp, at(v4("10.96.0.80"), 80), 10);
+        assert_eq!(names(&got), set(&["b2"]));
+        let _ = probe(&lab.c.ext, Proto::Tcp, at(v4("10.96.0.80"), 80), 1).unwrap();
+    }
 }
