@@ -72,7 +72,7 @@ fn split_documents(source: &Source) -> Result<Vec<Value>, Vec<Diagnostic>> {
             .collect::<Result<_, _>>()
             .map_err(|e| vec![Diagnostic::new(&origin, format!("malformed JSON: {e}"))])?
     } else {
-        serde_saphyr::from_multiple::<Value>(&source.text).map_err(|e| {
+        serde_saphyr::from_multiple_with_options::<Value>(&source.text, yaml_options(&source.text)).map_err(|e| {
             // The snippet form spans several lines; a diagnostic is one line.
             let message = e.without_snippet().to_string();
             let message = message.trim_start_matches("error: ");
@@ -84,6 +84,25 @@ fn split_documents(source: &Source) -> Result<Vec<Value>, Vec<Diagnostic>> {
     };
     // Empty documents (`---` at the end of a stream, comment-only files) are not objects.
     Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// serde-saphyr's default budget stops at 1,024 documents and 250,000 nodes, which a
+/// real cluster's snapshot exceeds. The size of the input is already bounded by
+/// `--max-input-bytes`, so the counts that grow with the input (documents, nodes,
+/// events, scalar bytes) are allowed to grow with it; what protects against
+/// amplification (aliases, anchors, nesting depth) keeps its defaults.
+fn yaml_options(text: &str) -> serde_saphyr::Options {
+    // Every document, node or event takes at least one byte of input.
+    let size = text.len();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_reader_input_bytes = None;
+    budget.max_documents = budget.max_documents.max(size);
+    budget.max_nodes = budget.max_nodes.max(size);
+    budget.max_events = budget.max_events.max(size);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(size);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// Reads one document (or list item) into `objects`. `list_kind` is the item kind
