@@ -1,5 +1,6 @@
 //! svcproxy agent library.
 pub mod cli;
+pub mod conntrack;
 pub mod daemon;
 pub mod health;
 pub mod ipvs;
