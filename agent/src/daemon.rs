@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
-use svcproxy_compiler::nft::ir::Ruleset;
+use svcproxy_compiler::nft::ir::{Family, Ruleset};
 use svcproxy_compiler::{Options, Plan};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::conntrack::{self, FlowFilter};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::source::read_sources;
@@ -239,9 +240,31 @@ impl Agent {
     }
 }
 
-/// Deletes conntrack entries of UDP flows that the new rules no longer serve.
+/// Deletes conntrack entries of UDP flows that the new rules no longer serve. A
+/// failure is logged, not retried: the entries time out eventually, and the next
+/// sync's cleanup covers the next change.
 fn clear_stale_flows(stale: &[stale::StaleFlows]) {
-    tracing::debug!(count = stale.len(), "stale UDP flows to clear");
+    let filters: Vec<FlowFilter> = stale
+        .iter()
+        .map(|flow| FlowFilter {
+            orig_dst: flow.dst_addr,
+            orig_dst_port: Some(flow.dst_port),
+            reply_src: flow.endpoint.map(|(ip, _)| ip),
+            reply_src_port: flow.endpoint.map(|(_, port)| port),
+            ..FlowFilter::any(conntrack_family(flow.family), conntrack::UDP)
+        })
+        .collect();
+    match conntrack::delete_flows(&filters) {
+        Ok(deleted) => tracing::info!(deleted, "stale UDP conntrack entries deleted"),
+        Err(error) => tracing::warn!("deleting stale UDP conntrack entries: {error}"),
+    }
+}
+
+fn conntrack_family(family: Family) -> conntrack::Family {
+    match family {
+        Family::Ip => conntrack::Family::V4,
+        Family::Ip6 => conntrack::Family::V6,
+    }
 }
 
 /// Watches the snapshot paths: directories recursively, files through their parent

@@ -287,6 +287,69 @@ fn run_follows_snapshot_edits_repairs_drift_and_survives_bad_snapshots() {
     );
 }
 
+/// One UDP datagram to `dst` from the client pod's fixed source port 40000 (so the
+/// conntrack entry is reused across calls); the name of who answered, or `None`.
+fn udp_from_fixed_port(c: &Cluster, dst: &str) -> Option<String> {
+    let (ip, port) = dst.rsplit_once(':').unwrap();
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 40000))\n\
+         s.settimeout(1)\ns.sendto(b'x', ('{ip}', {port}))\nprint(s.recv(200).decode().split()[0])\n"
+    );
+    let out = c
+        .pod("client")
+        .unwrap()
+        .ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// UDP has no close: a client whose flow was DNAT'd to an endpoint keeps going there
+/// until conntrack forgets it. When an endpoint leaves, the agent deletes those
+/// entries, so the same client flow moves to a remaining endpoint at once.
+#[test]
+fn run_deletes_stale_udp_conntrack_entries_when_an_endpoint_leaves() {
+    if !kernel() {
+        return;
+    }
+    let c = topology();
+    let snap = SnapshotDir::new("udp");
+    let _agent = start_agent(&c.node, &snap.dir);
+    let first = udp_from_fixed_port(&c, "10.96.0.10:53").expect("an answer");
+    assert!(["a1", "b1"].contains(&first.as_str()), "{first}");
+    // The flow sticks: same source port, same conntrack entry, same endpoint.
+    for _ in 0..3 {
+        assert_eq!(
+            udp_from_fixed_port(&c, "10.96.0.10:53").as_deref(),
+            Some(first.as_str())
+        );
+    }
+    // Take that endpoint out of the service (its pod keeps running and answering).
+    let (gone, stays) = if first == "a1" {
+        ("10.244.1.10", "b1")
+    } else {
+        ("10.244.3.10", "a1")
+    };
+    let text = std::fs::read_to_string(snap.file()).unwrap();
+    let line = format!("    - {{addresses: [{gone}], nodeName: node-");
+    let start = text.find(&line).expect("endpoint line");
+    let end = start + text[start..].find('\n').unwrap() + 1;
+    let tmp = snap.dir.join(".edit");
+    std::fs::write(&tmp, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    std::fs::rename(&tmp, snap.file()).unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the client's UDP flow to move",
+        || Ok(udp_from_fixed_port(&c, "10.96.0.10:53").as_deref() == Some(stays)),
+    )
+    .unwrap();
+}
+
 /// A generated snapshot with `services` ClusterIP services of 5 endpoints each.
 fn generated_snapshot(services: usize, port: u16) -> String {
     let mut text = String::new();
