@@ -7,10 +7,10 @@
 //! before the rules that look them up, an anonymous set right before its rule.
 
 use ipnet::IpNet;
-use svcproxy_compiler::nft::ir::{Element, Family, KeyValue, Rule, Set, SetFlags, Table};
+use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table};
 
 use super::attr::Attr;
-use super::element::element_attrs;
+use super::element::{element_attrs, element_key_attrs};
 use super::error::{Error, Result};
 use super::msg::Message;
 use super::rule::{AnonAddrSet, encode_stmts};
@@ -102,8 +102,8 @@ impl Batch {
 
     /// Adds elements to an existing set; `set` tells how to encode them (its own
     /// elements are ignored). For single-type interval sets this sends nft's full
-    /// interval encoding of `elements`, which suits a set being filled, not yet the
-    /// element-level changes of an incremental sync.
+    /// interval encoding of `elements`, which suits a set being filled (new, or just
+    /// flushed), not intervals added next to existing ones.
     pub fn add_elements(
         &mut self,
         family: Family,
@@ -116,8 +116,9 @@ impl Batch {
         Ok(())
     }
 
-    /// Deletes elements from an existing set; same encoding and caveat as
-    /// [`Batch::add_elements`].
+    /// Deletes elements from an existing set, naming them by key (verdicts and comments
+    /// are not sent). Single-type interval sets are refused with [`Error::Encode`]:
+    /// flush them ([`Batch::flush_set`]) and add their new contents instead.
     pub fn delete_elements(
         &mut self,
         family: Family,
@@ -125,9 +126,46 @@ impl Batch {
         set: &Set,
         elements: &[Element],
     ) -> Result<()> {
-        let nests = element_attrs(set, elements)?;
+        let nests = element_key_attrs(set, elements)?;
         self.push_elements(family, table, &set.name, None, nests, true);
         Ok(())
+    }
+
+    /// Deletes a table and everything in it; the table must exist.
+    pub fn delete_table(&mut self, family: Family, name: &str) {
+        self.messages.push(Message::delete_table(family, name));
+    }
+
+    /// Creates an empty chain (a base chain if `chain.base` says so); its rules are
+    /// ignored, add them with [`Batch::add_rule`] once every chain they jump to exists.
+    pub fn add_chain(&mut self, family: Family, table: &str, chain: &Chain) -> Result<()> {
+        self.messages
+            .push(Message::new_chain(family, table, chain)?);
+        Ok(())
+    }
+
+    /// Deletes every rule of a chain, dropping the references they hold to other chains
+    /// and to sets.
+    pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) {
+        self.messages
+            .push(Message::flush_chain(family, table, chain));
+    }
+
+    /// Deletes a chain. Nothing may jump to it any more at this point of the batch.
+    pub fn delete_chain(&mut self, family: Family, table: &str, chain: &str) {
+        self.messages
+            .push(Message::delete_chain(family, table, chain));
+    }
+
+    /// Deletes a set or map with its elements. No rule may look it up any more at this
+    /// point of the batch.
+    pub fn delete_set(&mut self, family: Family, table: &str, set: &str) {
+        self.messages.push(Message::delete_set(family, table, set));
+    }
+
+    /// Deletes every element of a set or map.
+    pub fn flush_set(&mut self, family: Family, table: &str, set: &str) {
+        self.messages.push(Message::flush_set(family, table, set));
     }
 
     /// Appends a rule to a chain, preceded by the anonymous sets it uses. `index` is the

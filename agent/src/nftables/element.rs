@@ -49,6 +49,37 @@ pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>
     Ok(out)
 }
 
+/// The element nests naming `elements` of `set` for `DELSETELEM`: keys only, as nft
+/// sends them (the kernel finds an element by its key; data and comment are not
+/// compared). Single-type interval sets are refused: their elements are pairs of
+/// boundaries that neighbouring intervals may share, so they are flushed and refilled
+/// instead.
+pub(crate) fn element_key_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
+    if set.flags.interval && set.key.len() == 1 {
+        return Err(Error::encode(format!(
+            "interval set {}: deleting single intervals is not supported (flush and refill the set)",
+            set.name
+        )));
+    }
+    let mut out = Vec::with_capacity(elements.len());
+    for element in elements {
+        let mut attrs = vec![value_attr(
+            el::KEY,
+            &layout::key_bytes(&set.key, &element.key)?,
+        )];
+        if set.flags.interval {
+            attrs.push(value_attr(
+                el::KEY_END,
+                &layout::key_end_bytes(&set.key, &element.key)?,
+            ));
+        } else {
+            require_hosts(set, element)?;
+        }
+        out.push(Attr::nested(1, attrs));
+    }
+    Ok(out)
+}
+
 fn require_hosts(set: &Set, element: &Element) -> Result<()> {
     let prefix = element.key.iter().find_map(|value| match value {
         KeyValue::Net(net) if net.prefix_len() != net.max_prefix_len() => Some(net),

@@ -8,7 +8,8 @@
 //!   set elements, intervals included;
 //! - `msg`: request messages; `batch`: transactions built from IR objects;
 //! - `socket`: sending batches and reading acks, errors and dumps;
-//! - `apply`: whole-ruleset replacement; `readback`: kernel state back into the IR.
+//! - `apply`: whole-ruleset replacement; `readback`: kernel state back into the IR;
+//!   `diff`: the changes between two rulesets, as IR operations, a batch or nft text.
 //!
 //! Every encoding matches what `nft` 1.0 sends for the statement's text form, so an
 //! operator's `nft list ruleset` shows svcproxy's rules exactly as if nft had loaded them.
@@ -16,6 +17,7 @@
 mod apply;
 mod attr;
 mod batch;
+mod diff;
 mod element;
 mod error;
 mod expr;
@@ -30,5 +32,8 @@ mod udata;
 
 pub use apply::{apply_full, full_replacement};
 pub use batch::Batch;
+pub use diff::{
+    Change, Changes, DeferredChain, DiffOptions, Op, StaleChains, Summary, diff, diff_with,
+};
 pub use error::{BatchRejected, Error, MessageFailure, Result};
 pub use socket::{Commit, NftSocket};

@@ -144,6 +144,30 @@ impl Message {
         ))
     }
 
+    /// `DELCHAIN`. The kernel refuses it (`EBUSY`) while a rule or map element still
+    /// jumps to the chain, counting removals earlier in the same batch.
+    pub fn delete_chain(family: Family, table: &str, chain: &str) -> Message {
+        Message::nft(
+            NfTablesMessageType::DeleteChain,
+            NLM_F_ACK,
+            nfproto(family),
+            vec![Attr::str(ch::TABLE, table), Attr::str(ch::NAME, chain)],
+            format!("delete chain {} {table}/{chain}", family.keyword()),
+        )
+    }
+
+    /// `DELRULE` naming a chain but no rule: deletes every rule of the chain (what
+    /// `nft flush chain` sends).
+    pub fn flush_chain(family: Family, table: &str, chain: &str) -> Message {
+        Message::nft(
+            NfTablesMessageType::DeleteRule,
+            NLM_F_ACK,
+            nfproto(family),
+            vec![Attr::str(ru::TABLE, table), Attr::str(ru::CHAIN, chain)],
+            format!("flush chain {} {table}/{chain}", family.keyword()),
+        )
+    }
+
     /// `NEWRULE` appended to the end of `chain`.
     pub fn new_rule(
         family: Family,
@@ -181,6 +205,32 @@ impl Message {
             nfproto(family),
             attrs,
             format!("add set {} {table}/{name}", family.keyword()),
+        )
+    }
+
+    /// `DELSET`: the set and its elements. Refused (`EBUSY`) while a rule looks it up.
+    pub fn delete_set(family: Family, table: &str, set: &str) -> Message {
+        Message::nft(
+            NfTablesMessageType::DeleteSet,
+            NLM_F_ACK,
+            nfproto(family),
+            vec![Attr::str(st::TABLE, table), Attr::str(st::NAME, set)],
+            format!("delete set {} {table}/{set}", family.keyword()),
+        )
+    }
+
+    /// `DELSETELEM` without an element list: removes every element of the set (what
+    /// `nft flush set` sends).
+    pub fn flush_set(family: Family, table: &str, set: &str) -> Message {
+        Message::nft(
+            NfTablesMessageType::DeleteSetElement,
+            NLM_F_ACK,
+            nfproto(family),
+            vec![
+                Attr::str(el::LIST_TABLE, table),
+                Attr::str(el::LIST_SET, set),
+            ],
+            format!("flush set {} {table}/{set}", family.keyword()),
         )
     }
 

@@ -1,0 +1,508 @@
+//! The diff without a kernel: which operations, in which order, and their text.
+//! `agent/tests/nftables_diff.rs` checks that the kernel accepts them.
+
+use ipnet::IpNet;
+use svcproxy_compiler::nft::ir::{
+    AddrField, BaseChain, Chain, ChainType, CmpOp, Element, Family, Hook, KeyExpr, KeyType,
+    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
+};
+
+use super::*;
+
+/// `10.0.0.0/8`, or a bare address for a host.
+fn net(s: &str) -> KeyValue {
+    let net = s
+        .parse::<IpNet>()
+        .unwrap_or_else(|_| IpNet::from(s.parse::<std::net::IpAddr>().unwrap()));
+    KeyValue::Net(net)
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule {
+        stmts,
+        comment: None,
+    }
+}
+
+fn goto(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(chain.into()))
+}
+
+fn chain(name: &str, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: name.into(),
+        base: None,
+        comment: None,
+        rules,
+    }
+}
+
+fn dispatch(ip: &str, port: u16, target: &str) -> Element {
+    Element {
+        key: vec![net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)],
+        verdict: Some(Verdict::Goto(target.into())),
+        comment: None,
+    }
+}
+
+fn map(name: &str, elements: Vec<Element>) -> Set {
+    Set {
+        name: name.into(),
+        key: vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+        data: Some(MapData::Verdict),
+        flags: SetFlags::default(),
+        timeout_secs: None,
+        comment: None,
+        elements,
+    }
+}
+
+fn addr_set(name: &str, flags: SetFlags, nets: &[&str]) -> Set {
+    Set {
+        name: name.into(),
+        key: vec![KeyType::Ipv4Addr],
+        data: None,
+        flags,
+        timeout_secs: flags.timeout.then_some(10800),
+        comment: None,
+        elements: nets
+            .iter()
+            .map(|n| Element {
+                key: vec![net(n)],
+                verdict: None,
+                comment: None,
+            })
+            .collect(),
+    }
+}
+
+const AFFINITY: SetFlags = SetFlags {
+    interval: false,
+    timeout: true,
+    dynamic: true,
+};
+const INTERVAL: SetFlags = SetFlags {
+    interval: true,
+    timeout: false,
+    dynamic: false,
+};
+
+/// A small table in svcproxy's shape: a dispatch map, a service chain choosing
+/// between two endpoint chains, one of them with an affinity set, an interval set.
+fn table() -> Table {
+    Table {
+        family: Family::Ip,
+        name: "svcproxy".into(),
+        comment: Some("rules for svcproxy".into()),
+        sets: vec![
+            addr_set("nodeport-ips", INTERVAL, &["192.168.100.1/32"]),
+            addr_set("affinity-a/1", AFFINITY, &[]),
+            map(
+                "service-ips",
+                vec![dispatch("10.96.0.10", 80, "service-a/http")],
+            ),
+        ],
+        chains: vec![
+            Chain {
+                base: Some(BaseChain {
+                    chain_type: ChainType::Nat,
+                    hook: Hook::Prerouting,
+                    priority: -100,
+                }),
+                ..chain(
+                    "nat-prerouting",
+                    vec![rule(vec![Stmt::Vmap {
+                        key: vec![
+                            KeyExpr::Addr(AddrField::Daddr),
+                            KeyExpr::L4Proto,
+                            KeyExpr::ThDport,
+                        ],
+                        map: "service-ips".into(),
+                    }])],
+                )
+            },
+            chain(
+                "service-a/http",
+                vec![
+                    rule(vec![
+                        Stmt::AddrInSet {
+                            field: AddrField::Saddr,
+                            op: CmpOp::Eq,
+                            set: "affinity-a/1".into(),
+                        },
+                        goto("endpoint-a/1"),
+                    ]),
+                    rule(vec![
+                        Stmt::NumgenRandomEq {
+                            modulus: 2,
+                            value: 0,
+                        },
+                        goto("endpoint-a/1"),
+                    ]),
+                    rule(vec![goto("endpoint-a/2")]),
+                ],
+            ),
+            chain(
+                "endpoint-a/1",
+                vec![
+                    rule(vec![Stmt::UpdateSetWithAddr {
+                        set: "affinity-a/1".into(),
+                        field: AddrField::Saddr,
+                    }]),
+                    rule(vec![Stmt::Verdict(Verdict::Accept)]),
+                ],
+            ),
+            chain(
+                "endpoint-a/2",
+                vec![rule(vec![Stmt::Verdict(Verdict::Accept)])],
+            ),
+        ],
+    }
+}
+
+fn ruleset(table: Table) -> Ruleset {
+    Ruleset {
+        tables: vec![table],
+    }
+}
+
+fn set_mut<'a>(table: &'a mut Table, name: &str) -> &'a mut Set {
+    table.sets.iter_mut().find(|s| s.name == name).unwrap()
+}
+
+fn chain_mut<'a>(table: &'a mut Table, name: &str) -> &'a mut Chain {
+    table.chains.iter_mut().find(|c| c.name == name).unwrap()
+}
+
+/// The operations as short strings, for readable assertions.
+fn ops(changes: &Changes) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| match &c.op {
+            Op::AddTable(t) => format!("add table {}", t.name),
+            Op::DeleteTable => format!("delete table {}", c.table),
+            Op::DeleteElements { set, elements } => {
+                format!("delete {} elements from {}", elements.len(), set.name)
+            }
+            Op::FlushSet(set) => format!("flush set {}", set.name),
+            Op::FlushChain(chain) => format!("flush chain {chain}"),
+            Op::DeleteSet(set) => format!("delete set {}", set.name),
+            Op::DeleteChain(chain) => format!("delete chain {chain}"),
+            Op::AddChain(chain) => format!("add chain {}", chain.name),
+            Op::AddSet(set) => format!("add set {}", set.name),
+            Op::AddElements { set, elements } => {
+                format!("add {} elements to {}", elements.len(), set.name)
+            }
+            Op::AddRules { chain, rules } => format!("add {} rules to {chain}", rules.len()),
+        })
+        .collect()
+}
+
+#[test]
+fn equal_rulesets_give_no_changes_whatever_the_order_of_chains_and_sets() {
+    let a = ruleset(table());
+    let mut b = a.clone();
+    b.tables[0].chains.reverse();
+    b.tables[0].sets.reverse();
+    let changes = diff(&a, &b);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(changes.len(), 0);
+    assert_eq!(changes.to_batch().unwrap().len(), 0);
+    assert_eq!(changes.to_nft(), "");
+    assert_eq!(changes.summary().to_string(), "no changes");
+}
+
+#[test]
+fn dynamic_set_elements_are_never_compared() {
+    let mut current = table();
+    set_mut(&mut current, "affinity-a/1").elements =
+        addr_set("x", AFFINITY, &["10.244.9.9/32"]).elements;
+    assert!(diff(&ruleset(current.clone()), &ruleset(table())).is_empty());
+    assert!(diff(&ruleset(table()), &ruleset(current)).is_empty());
+}
+
+#[test]
+fn a_removed_endpoint_is_unmapped_flushed_then_deleted() {
+    let a = table();
+    let mut b = table();
+    b.chains.retain(|c| c.name != "endpoint-a/2");
+    chain_mut(&mut b, "service-a/http").rules.truncate(1);
+    let changes = diff(&ruleset(a), &ruleset(b));
+    assert_eq!(
+        ops(&changes),
+        [
+            "flush chain service-a/http",
+            "flush chain endpoint-a/2",
+            "delete chain endpoint-a/2",
+            "add 1 rules to service-a/http",
+        ]
+    );
+    assert_eq!(
+        changes.summary().to_string(),
+        "2 chains flushed, 1 chain deleted, 1 rule added"
+    );
+}
+
+#[test]
+fn a_removed_service_goes_in_reference_order() {
+    let a = table();
+    let mut b = table();
+    b.chains.truncate(1);
+    b.sets.retain(|s| s.name != "affinity-a/1");
+    set_mut(&mut b, "service-ips").elements.clear();
+    let changes = diff(&ruleset(a), &ruleset(b));
+    assert_eq!(
+        ops(&changes),
+        [
+            "delete 1 elements from service-ips",
+            "flush chain service-a/http",
+            "flush chain endpoint-a/1",
+            "flush chain endpoint-a/2",
+            "delete set affinity-a/1",
+            "delete chain service-a/http",
+            "delete chain endpoint-a/1",
+            "delete chain endpoint-a/2",
+        ]
+    );
+    assert!(changes.deferred().is_empty());
+}
+
+#[test]
+fn a_new_service_creates_chains_and_sets_before_what_refers_to_them() {
+    let mut a = table();
+    a.chains.truncate(1);
+    a.sets.retain(|s| s.name != "affinity-a/1");
+    set_mut(&mut a, "service-ips").elements.clear();
+    let changes = diff(&ruleset(a), &ruleset(table()));
+    assert_eq!(
+        ops(&changes),
+        [
+            "add chain service-a/http",
+            "add chain endpoint-a/1",
+            "add chain endpoint-a/2",
+            "add set affinity-a/1",
+            "add 1 elements to service-ips",
+            "add 3 rules to service-a/http",
+            "add 2 rules to endpoint-a/1",
+            "add 1 rules to endpoint-a/2",
+        ]
+    );
+}
+
+#[test]
+fn a_changed_verdict_is_deleted_and_added_again() {
+    let a = table();
+    let mut b = table();
+    set_mut(&mut b, "service-ips").elements[0] = dispatch("10.96.0.10", 80, "endpoint-a/2");
+    let changes = diff(&ruleset(a), &ruleset(b));
+    assert_eq!(
+        ops(&changes),
+        [
+            "delete 1 elements from service-ips",
+            "add 1 elements to service-ips"
+        ]
+    );
+    assert_eq!(
+        changes.to_nft(),
+        "delete element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 }\n\
+         add element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 : goto endpoint-a/2 }\n"
+    );
+}
+
+#[test]
+fn an_interval_set_is_flushed_and_refilled() {
+    let a = table();
+    let mut b = table();
+    set_mut(&mut b, "nodeport-ips").elements =
+        addr_set("x", INTERVAL, &["10.0.0.0/8", "192.168.100.1/32"]).elements;
+    let changes = diff(&ruleset(a), &ruleset(b));
+    assert_eq!(
+        ops(&changes),
+        ["flush set nodeport-ips", "add 2 elements to nodeport-ips"]
+    );
+    assert_eq!(
+        changes.to_nft(),
+        "flush set ip svcproxy nodeport-ips\n\
+         add element ip svcproxy nodeport-ips {\n\t10.0.0.0/8,\n\t192.168.100.1,\n}\n"
+    );
+}
+
+#[test]
+fn a_redefined_set_is_recreated_around_the_rules_that_use_it() {
+    let a = table();
+    let mut b = table();
+    set_mut(&mut b, "affinity-a/1").timeout_secs = Some(60);
+    let changes = diff(&ruleset(a), &ruleset(b));
+    // The rules are the same, but they hold references to the old set.
+    assert_eq!(
+        ops(&changes),
+        [
+            "flush chain service-a/http",
+            "flush chain endpoint-a/1",
+            "delete set affinity-a/1",
+            "add set affinity-a/1",
+            "add 3 rules to service-a/http",
+            "add 2 rules to endpoint-a/1",
+        ]
+    );
+    assert!(changes.to_nft().contains(
+        "add set ip svcproxy affinity-a/1 { type ipv4_addr; flags dynamic,timeout; timeout 60s; }\n"
+    ));
+}
+
+#[test]
+fn a_chain_the_kernel_cannot_update_replaces_the_table() {
+    let a = table();
+    let mut b = table();
+    b.chains[0].base.as_mut().unwrap().priority = -99;
+    assert_eq!(
+        ops(&diff(&ruleset(a.clone()), &ruleset(b))),
+        ["delete table svcproxy", "add table svcproxy"]
+    );
+    let mut c = table();
+    c.comment = None;
+    assert_eq!(
+        ops(&diff(&ruleset(a), &ruleset(c))),
+        ["delete table svcproxy", "add table svcproxy"]
+    );
+}
+
+#[test]
+fn tables_come_and_go_whole() {
+    let ip = table();
+    let ip6 = Table {
+        family: Family::Ip6,
+        sets: Vec::new(),
+        chains: Vec::new(),
+        ..table()
+    };
+    let both = Ruleset {
+        tables: vec![ip.clone(), ip6.clone()],
+    };
+    let changes = diff(&ruleset(ip.clone()), &both);
+    assert_eq!(ops(&changes), ["add table svcproxy"]);
+    assert_eq!(changes.iter().next().unwrap().family, Family::Ip6);
+    let changes = diff(&both, &ruleset(ip6));
+    assert_eq!(ops(&changes), ["delete table svcproxy"]);
+    assert_eq!(changes.to_nft(), "delete table ip svcproxy\n");
+    assert_eq!(changes.summary().tables_deleted, 1);
+}
+
+#[test]
+fn deferred_mode_keeps_mapped_stale_chains_until_the_next_diff() {
+    let a = table();
+    let mut b = table();
+    b.chains.truncate(1);
+    b.sets.retain(|s| s.name != "affinity-a/1");
+    set_mut(&mut b, "service-ips").elements.clear();
+    let options = DiffOptions {
+        stale_chains: StaleChains::DeferMapped,
+    };
+    let changes = diff_with(&ruleset(a), &ruleset(b.clone()), options);
+    // service-a/http is the target of a map element: flushed, kept. The endpoint
+    // chains are only jumped to by rules, which the kernel always accounts at once.
+    assert_eq!(
+        ops(&changes),
+        [
+            "delete 1 elements from service-ips",
+            "flush chain service-a/http",
+            "flush chain endpoint-a/1",
+            "flush chain endpoint-a/2",
+            "delete set affinity-a/1",
+            "delete chain endpoint-a/1",
+            "delete chain endpoint-a/2",
+        ]
+    );
+    let deferred: Vec<&str> = changes
+        .deferred()
+        .iter()
+        .map(|d| d.chain.name.as_str())
+        .collect();
+    assert_eq!(deferred, ["service-a/http"]);
+
+    // The kernel then holds `b` plus the empty chain; the next diff deletes it.
+    let after = changes.state_after_commit(&ruleset(b.clone()));
+    let next = diff_with(&after, &ruleset(b), options);
+    assert_eq!(ops(&next), ["delete chain service-a/http"]);
+    assert!(next.deferred().is_empty());
+}
+
+#[test]
+fn text_of_new_objects() {
+    let mut a = table();
+    a.chains.truncate(1);
+    a.sets.retain(|s| s.name != "affinity-a/1");
+    set_mut(&mut a, "service-ips").elements.clear();
+    let mut b = table();
+    chain_mut(&mut b, "endpoint-a/2").comment = Some("say \"hi\"".into());
+    set_mut(&mut b, "service-ips").elements[0].comment = Some("ns/a:http".into());
+    let text = diff(&ruleset(a), &ruleset(b)).to_nft();
+    let expected = "\
+add chain ip svcproxy service-a/http
+add chain ip svcproxy endpoint-a/1
+add chain ip svcproxy endpoint-a/2 { comment \"say 'hi'\"; }
+add set ip svcproxy affinity-a/1 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }
+add element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 comment \"ns/a:http\" : goto service-a/http }
+add rule ip svcproxy service-a/http ip saddr @affinity-a/1 goto endpoint-a/1
+add rule ip svcproxy service-a/http numgen random mod 2 == 0 goto endpoint-a/1
+add rule ip svcproxy service-a/http goto endpoint-a/2
+add rule ip svcproxy endpoint-a/1 update @affinity-a/1 { ip saddr }
+add rule ip svcproxy endpoint-a/1 accept
+add rule ip svcproxy endpoint-a/2 accept
+";
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn batch_message_counts() {
+    let mut a = table();
+    a.chains.truncate(1);
+    a.sets.retain(|s| s.name != "affinity-a/1");
+    set_mut(&mut a, "service-ips").elements.clear();
+    let changes = diff(&ruleset(a), &ruleset(table()));
+    // 3 chains, 1 set (no elements: no element message), 1 element message, 6 rules.
+    assert_eq!(changes.to_batch().unwrap().len(), 3 + 1 + 1 + 6);
+}
+
+#[test]
+fn elements_are_matched_by_key_in_any_order() {
+    let elements = vec![
+        dispatch("10.96.0.1", 80, "a"),
+        dispatch("10.96.0.2", 80, "b"),
+        dispatch("10.96.0.3", 80, "c"),
+    ];
+    let mut a = table();
+    set_mut(&mut a, "service-ips").elements = elements.clone();
+    let mut b = table();
+    // Reversed (not the IR's canonical order), one verdict changed, one key gone,
+    // one new.
+    set_mut(&mut b, "service-ips").elements = vec![
+        dispatch("10.96.0.4", 80, "d"),
+        dispatch("10.96.0.3", 80, "c"),
+        dispatch("10.96.0.2", 80, "changed"),
+    ];
+    let changes = diff(&ruleset(a), &ruleset(b));
+    let [delete, add] = changes.ops.as_slice() else {
+        panic!("{:?}", ops(&changes));
+    };
+    let Op::DeleteElements {
+        elements: deleted, ..
+    } = &delete.op
+    else {
+        panic!("{delete:?}");
+    };
+    let Op::AddElements {
+        elements: added, ..
+    } = &add.op
+    else {
+        panic!("{add:?}");
+    };
+    assert_eq!(deleted, &elements[..2]);
+    assert_eq!(
+        added,
+        &[
+            dispatch("10.96.0.2", 80, "changed"),
+            dispatch("10.96.0.4", 80, "d")
+        ]
+    );
+}

@@ -1,0 +1,1095 @@
+//! Kernel tests of the diff engine (`svcproxy_agent::nftables::diff`), each in fresh
+//! network namespaces.
+//!
+//! Rulesets come from the real compiler: the traffic fixture (`fixtures/traffic/
+//! cluster.yaml`, dual-stack) is state A, an edit of its snapshot text is state B.
+//! For every scenario: A is applied whole, `diff(A, B)` is committed, and then
+//! - the kernel reads back as B (chains and sets in any order: the kernel lists the
+//!   ones a diff creates after the older ones; dynamic set elements ignored);
+//! - `nft -j list ruleset` equals that of a namespace where B was loaded with `nft -f`;
+//! - the diff's nft text, applied with `nft -f` to a namespace holding A, gives B too;
+//! - the batch has exactly the expected number of messages (explained per scenario).
+//!
+//! Needs root. Without it the tests print "skipped: needs root" and pass, unless
+//! `SVCPROXY_REQUIRE_KERNEL=1` (CI), in which case they fail.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use clap::Parser;
+use svcproxy_agent::cli::NodeFlags;
+use svcproxy_agent::nftables::{
+    Batch, Changes, DiffOptions, Error, NftSocket, Op, StaleChains, diff, diff_with,
+};
+use svcproxy_compiler::nft::ir::{
+    Chain, Element, Family, KeyType, KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags,
+    Stmt, Table, Verdict,
+};
+
+// ----- environment -----
+
+/// Whether kernel tests can run here; panics when they must but cannot.
+fn kernel_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("SVCPROXY_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("SVCPROXY_REQUIRE_KERNEL=1 but these tests need root");
+    }
+    println!("skipped: needs root");
+    false
+}
+
+static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace `spd-<pid>-<n>`, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!(
+            "spd-{}-{}",
+            std::process::id(),
+            NEXT_NETNS.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]), None);
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it opens talk to that
+    /// namespace's nf_tables (and keep doing so from any thread afterwards).
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = File::open(&path).expect("open netns");
+                    // SAFETY: a valid namespace fd; setns affects only this thread.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
+    fn socket(&self) -> NftSocket {
+        self.enter(|| NftSocket::open().expect("open nf_tables socket"))
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "nft"])
+                .args(args),
+            None,
+        )
+    }
+
+    fn nft_load(&self, text: &str) {
+        run(
+            Command::new("ip").args(["netns", "exec", &self.name, "nft", "-f", "-"]),
+            Some(text),
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(cmd: &mut Command, stdin: Option<&str>) -> String {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\ninput:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdin.unwrap_or_default()
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// `nft -j list ruleset` in a form that does not depend on creation history: no
+/// handles, objects sorted by kind, table and name, set elements sorted, rules kept
+/// in their chain's order (the sort is stable).
+fn json_listing(ns: &Netns) -> Vec<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("handle");
+                if let Some(serde_json::Value::Array(elems)) = map.get_mut("elem") {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&ns.nft(&["-j", "list", "ruleset"])).expect("nft json");
+    strip(&mut v);
+    let mut objects = match v.get_mut("nftables").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(objects)) => objects,
+        other => panic!("unexpected nft -j output: {other:?}"),
+    };
+    let str_of = |o: &serde_json::Value, k: &str| o[k].as_str().unwrap_or_default().to_string();
+    objects.sort_by_key(|o| {
+        let (kind, body) = match o.as_object().and_then(|m| m.iter().next()) {
+            Some((kind, body)) => (kind.clone(), body.clone()),
+            None => (String::new(), serde_json::Value::Null),
+        };
+        let rank = ["metainfo", "table", "set", "map", "chain", "rule"]
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(9);
+        // Rules sort by their chain, not their own (absent) name.
+        let name = if kind == "rule" {
+            str_of(&body, "chain")
+        } else {
+            str_of(&body, "name")
+        };
+        (rank, str_of(&body, "family"), str_of(&body, "table"), name)
+    });
+    objects
+}
+
+// ----- rulesets from the compiler -----
+
+/// The compile flags on a fixture's `# args:` lines.
+#[derive(Parser)]
+struct FixtureArgs {
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn read_fixture(path: &str) -> String {
+    std::fs::read_to_string(fixtures_dir().join(path)).expect("read fixture")
+}
+
+/// Compiles a snapshot text with the flags on its `# args:` lines.
+fn compile(text: &str) -> Ruleset {
+    let args = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# args:"))
+        .flat_map(str::split_whitespace);
+    let flags = FixtureArgs::try_parse_from(std::iter::once("fixture").chain(args)).expect("args");
+    let source = svcproxy_compiler::Source {
+        name: "snapshot".into(),
+        text: text.to_string(),
+    };
+    let plan = svcproxy_compiler::plan(&[source], &flags.node.options()).expect("compile");
+    svcproxy_compiler::nft::ruleset(&plan)
+}
+
+/// `text` with its only occurrence of `old` replaced.
+fn edit(text: &str, old: &str, new: &str) -> String {
+    assert_eq!(text.matches(old).count(), 1, "not exactly once: {old:?}");
+    text.replacen(old, new, 1)
+}
+
+/// `text` without the part from `start` up to (not including) `end`.
+fn cut(text: &str, start: &str, end: &str) -> String {
+    let from = text.find(start).expect("start");
+    let to = from + text[from..].find(end).expect("end");
+    format!("{}{}", &text[..from], &text[to..])
+}
+
+/// A ruleset as the kernel reads back after any sequence of changes: tables, sets and
+/// chains sorted by name, dynamic set elements (the packet path's) dropped.
+fn canonical(ruleset: &Ruleset) -> Ruleset {
+    let mut r = ruleset.clone();
+    r.tables
+        .sort_by(|a, b| (a.family, &a.name).cmp(&(b.family, &b.name)));
+    for table in &mut r.tables {
+        table.sets.sort_by(|a, b| a.name.cmp(&b.name));
+        table.chains.sort_by(|a, b| a.name.cmp(&b.name));
+        for set in &mut table.sets {
+            if set.flags.dynamic {
+                set.elements.clear();
+            }
+        }
+    }
+    r
+}
+
+/// Both families' svcproxy tables: what the agent owns, whether present or not.
+const OWNED: [(Family, &str); 2] = [(Family::Ip, "svcproxy"), (Family::Ip6, "svcproxy")];
+
+fn read_back(socket: &mut NftSocket) -> Ruleset {
+    socket.read_tables(&OWNED).expect("read back").0
+}
+
+fn commit(socket: &mut NftSocket, changes: &Changes) {
+    let generation = socket.generation().expect("generation");
+    socket
+        .commit_changes(changes, Some(generation))
+        .unwrap_or_else(|e| panic!("commit: {e}\n{}", changes.to_nft()))
+        .expect("non-empty changes");
+}
+
+/// The chain of `kind` (`service`, `firewall`, ...) of a service port, e.g.
+/// `traffic/sticky/tcp/http`.
+fn chain_of<'a>(ruleset: &'a Ruleset, family: Family, kind: &str, port: &str) -> &'a Chain {
+    ruleset
+        .tables
+        .iter()
+        .filter(|t| t.family == family)
+        .flat_map(|t| &t.chains)
+        .find(|c| c.name.starts_with(&format!("{kind}-")) && c.name.contains(port))
+        .unwrap_or_else(|| panic!("no {kind} chain for {port}"))
+}
+
+// ----- the scenario runner -----
+
+/// Applies A, commits diff(A, B), and checks the kernel against B three ways (see the
+/// module docs). Returns the changes for scenario-specific assertions.
+fn check_transition(name: &str, a_text: &str, b_text: &str, expected_messages: usize) -> Changes {
+    check_rulesets(name, &compile(a_text), &compile(b_text), expected_messages)
+}
+
+/// [`check_transition`] for rulesets.
+fn check_rulesets(name: &str, a: &Ruleset, b: &Ruleset, expected_messages: usize) -> Changes {
+    let (a, b) = (a.clone(), b.clone());
+    let changes = diff(&a, &b);
+    let messages = changes.to_batch().expect("to_batch").len();
+    println!(
+        "--- {name}: {} ({} operations, {messages} messages)\n{}",
+        changes.summary(),
+        changes.len(),
+        changes.to_nft()
+    );
+    assert_eq!(messages, expected_messages, "{name}: message count");
+
+    // Through netlink.
+    let ours = Netns::new();
+    let mut socket = ours.socket();
+    socket.apply_full(&a).expect("apply A");
+    assert_eq!(
+        canonical(&read_back(&mut socket)),
+        canonical(&a),
+        "{name}: A"
+    );
+    if changes.is_empty() {
+        let before = socket.generation().expect("generation");
+        assert!(
+            socket
+                .commit_changes(&changes, Some(before))
+                .expect("commit")
+                .is_none()
+        );
+        assert_eq!(
+            socket.generation().expect("generation"),
+            before,
+            "{name}: sent something"
+        );
+    } else {
+        commit(&mut socket, &changes);
+    }
+    let read = read_back(&mut socket);
+    assert_eq!(
+        canonical(&read),
+        canonical(&b),
+        "{name}: read-back differs from B"
+    );
+    assert!(
+        diff(&read, &b).is_empty(),
+        "{name}: diff after commit not empty"
+    );
+
+    // Against nft -f of B.
+    let reference = Netns::new();
+    reference.nft_load(&svcproxy_compiler::nft::text::render(&b, &[]));
+    let expected = json_listing(&reference);
+    assert_eq!(
+        json_listing(&ours),
+        expected,
+        "{name}: nft -j listing differs"
+    );
+
+    // The nft text of the diff, on top of A loaded by nft.
+    let text = Netns::new();
+    text.nft_load(&svcproxy_compiler::nft::text::render(&a, &[]));
+    if !changes.is_empty() {
+        text.nft_load(&changes.to_nft());
+    }
+    assert_eq!(
+        json_listing(&text),
+        expected,
+        "{name}: to_nft() result differs"
+    );
+    changes
+}
+
+fn cluster() -> String {
+    read_fixture("traffic/cluster.yaml")
+}
+
+/// `admin` (LoadBalancer with source ranges, one endpoint) as cluster.yaml has it.
+const ADMIN_ENDPOINTS: &str = "  ports: [{name: http, port: 8080}]
+  endpoints:
+    - {addresses: [10.244.1.10], nodeName: node-a}
+# sticky";
+
+/// The last endpoint of `sticky` (ClientIP affinity, four endpoints).
+const STICKY_LAST_ENDPOINT: &str = "    - {addresses: [10.244.4.10], nodeName: node-b}
+# node-local";
+
+const LOCAL_WEB_ENDPOINTS: &str = "  endpoints:
+    - {addresses: [10.244.2.10], nodeName: node-a}
+    - {addresses: [10.244.4.10], nodeName: node-b}
+# remote-web";
+
+const NODE_LOCAL_SPEC: &str = "    clusterIP: 10.96.0.70
+    internalTrafficPolicy: Local
+    ports: [{name: http, port: 80, targetPort: 8080}]";
+
+fn count_ops(changes: &Changes, pred: impl Fn(&Op) -> bool) -> usize {
+    changes.iter().filter(|c| pred(&c.op)).count()
+}
+
+// ----- scenarios -----
+
+#[test]
+fn one_endpoint_added() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(
+        &a,
+        ADMIN_ENDPOINTS,
+        &ADMIN_ENDPOINTS.replace(
+            "# sticky",
+            "    - {addresses: [10.244.3.10], nodeName: node-b}\n# sticky",
+        ),
+    );
+    // admin's service chain goes from [masquerade, goto ep1] to [masquerade,
+    // numgen mod 2 goto ep1, goto ep2]: flush 1 + 3 rules. The new endpoint chain:
+    // add chain 1 + 2 rules (hairpin mark, DNAT). Maps are untouched: they point at
+    // the service and external chains, which stay.
+    check_transition("one endpoint added", &a, &b, 1 + 3 + 1 + 2);
+}
+
+#[test]
+fn one_endpoint_removed() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(&a, STICKY_LAST_ENDPOINT, "# node-local");
+    // sticky's service chain is rewritten: flush 1 + 7 rules (masquerade, 3 affinity
+    // lookups, 3-step random cascade). The old endpoint chain: flush 1 + delete 1.
+    // Its affinity set: delete 1 (after the flushes that drop the rules using it).
+    let changes = check_transition("one endpoint removed", &a, &b, 1 + 7 + 2 + 1);
+    assert_eq!(count_ops(&changes, |op| matches!(op, Op::DeleteSet(_))), 1);
+}
+
+#[test]
+fn service_added() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = format!(
+        "{a}---
+apiVersion: v1
+kind: Service
+metadata: {{name: api, namespace: traffic}}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: api-1, namespace: traffic, labels: {{kubernetes.io/service-name: api}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+  - {{addresses: [10.244.1.10], nodeName: node-a}}
+  - {{addresses: [10.244.3.10], nodeName: node-b}}
+"
+    );
+    // 3 new chains (service, 2 endpoints); 2 element messages (cluster-ips and
+    // service-ips, one element each); rules: service chain 3 (masquerade, numgen,
+    // goto), endpoint chains 2 each.
+    check_transition("service added", &a, &b, 3 + 2 + 3 + 2 * 2);
+}
+
+#[test]
+fn service_removed() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = cut(&a, "# admin:", "# sticky:");
+    // Element deletions, one message per map: cluster-ips, service-ips (ClusterIP and
+    // LoadBalancer IP), service-nodeports, firewall-ips = 4. Four chains (service,
+    // external, firewall, endpoint): flush + delete each = 8.
+    check_transition("service removed", &a, &b, 4 + 4 * 2);
+}
+
+#[test]
+fn service_scaled_to_zero_and_back() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(&a, LOCAL_WEB_ENDPOINTS, "  endpoints: []\n# remote-web");
+    // local-web (externalTrafficPolicy Local; ClusterIP, externalIP, LoadBalancer IP,
+    // NodePort) loses its endpoints. Deleted elements: service-ips (3 addresses) and
+    // service-nodeports = 2 messages. Five chains go (service, local, external, two
+    // endpoints): flush + delete = 10. Added: the same 3 addresses to
+    // no-endpoint-services and the NodePort to no-endpoint-nodeports, all going to
+    // reject-chain = 2 messages.
+    let down = check_transition("scaled to zero", &a, &b, 2 + 10 + 2);
+    assert!(down.to_nft().contains(": goto reject-chain"));
+    // And back: the reject entries go (2), the five chains come back (5) with their
+    // rules: service chain 3 (masquerade, numgen, goto), local chain 1 (goto its one
+    // local endpoint), external chain 4 (short-circuit pods, masquerade local
+    // traffic, short-circuit local traffic, goto local), endpoint chains 2 each; the
+    // dispatch entries come back (2).
+    check_transition("scaled back up", &b, &a, 2 + 5 + 2 + (3 + 1 + 4 + 2 * 2));
+}
+
+#[test]
+fn external_ip_added() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(
+        &a,
+        "    clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n",
+        "    clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n    externalIPs: [203.0.113.70]\n",
+    );
+    // web already is a NodePort service with an external chain per port: the IPv4
+    // externalIP only adds two service-ips entries (http and dns), one message.
+    check_transition("externalIP added", &a, &b, 1);
+}
+
+#[test]
+fn cluster_ip_service_turned_node_port() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(
+        &a,
+        NODE_LOCAL_SPEC,
+        "    type: NodePort
+    clusterIP: 10.96.0.70
+    internalTrafficPolicy: Local
+    ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30070}]",
+    );
+    // node-local's ClusterIP traffic keeps its local-pool chain, unchanged. NodePort
+    // traffic uses the cluster pool: new chains external, service and one endpoint
+    // chain for the remote endpoint (the local one has its chain already) = 3. One
+    // element message (service-nodeports). Rules: external 2 (masquerade mark, goto
+    // service chain), service 2 (numgen, goto; no masquerade rule, which belongs to
+    // the pool ClusterIP traffic uses), the new endpoint chain 2.
+    check_transition("ClusterIP turned NodePort", &a, &b, 3 + 1 + (2 + 2 + 2));
+}
+
+#[test]
+fn no_op() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let changes = check_transition("no-op", &a, &a, 0);
+    assert!(changes.is_empty());
+}
+
+#[test]
+fn affinity_timeout_changed() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(
+        &a,
+        "    sessionAffinity: ClientIP\n",
+        "    sessionAffinity: ClientIP\n    sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+    );
+    // sticky's four affinity sets change their timeout: deleted and created again
+    // (4 + 4). The chains using them are rewritten around that: the service chain
+    // (flush 1 + 9 rules: masquerade, 4 lookups, 4-step cascade) and the four
+    // endpoint chains (flush 1 + 3 rules each: hairpin, update set, DNAT).
+    check_transition(
+        "affinity timeout changed",
+        &a,
+        &b,
+        8 + (1 + 9) + 4 * (1 + 3),
+    );
+}
+
+#[test]
+fn nodeport_addresses_changed() {
+    if !kernel_available() {
+        return;
+    }
+    let a = cluster();
+    let b = edit(
+        &a,
+        "--service-cidr fd00:96::/108\n",
+        "--service-cidr fd00:96::/108 --nodeport-addresses 192.168.100.0/24 --nodeport-addresses fd00:100::/64\n",
+    );
+    // nodeport-ips, an interval set in each table, changes from the node IP to a
+    // prefix: flushed and refilled, 2 messages per table.
+    check_transition("NodePort addresses changed", &a, &b, 2 * 2);
+}
+
+/// A change the kernel cannot make in place (a base chain's priority; comments of
+/// tables and chains are the other case) replaces that table in the transaction.
+#[test]
+fn base_chain_priority_changed() {
+    if !kernel_available() {
+        return;
+    }
+    let a = compile(&cluster());
+    let mut b = a.clone();
+    let ip = &mut b.tables[0];
+    assert_eq!(ip.family, Family::Ip);
+    let nat = ip
+        .chains
+        .iter_mut()
+        .find(|c| c.name == "nat-prerouting")
+        .expect("nat-prerouting");
+    nat.base.as_mut().expect("a base chain").priority = -99;
+    // Delete 1, then the table created with everything in it, as a full apply sends
+    // it; the ip6 table is untouched.
+    let mut whole = Batch::new();
+    whole.add_table(&b.tables[0]).expect("batch");
+    let changes = check_rulesets("base chain priority changed", &a, &b, 1 + whole.len());
+    assert_eq!(changes.len(), 2);
+}
+
+/// Every compiled fixture, after the one before it: tables appear and disappear
+/// (single- and dual-stack), the skeleton changes with the flags, and whole services
+/// come and go. Each step goes through netlink and through nft text; the message
+/// counts are whatever the diff says (the scenarios above pin them down).
+#[test]
+fn fixture_to_fixture() {
+    if !kernel_available() {
+        return;
+    }
+    let mut files: Vec<PathBuf> = ["semantics", "seeds", "traffic"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(fixtures_dir().join(dir)).ok())
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "fixtures not found");
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect();
+    for (i, pair) in texts.windows(2).enumerate() {
+        let name = format!(
+            "{} -> {}",
+            files[i].file_name().unwrap_or_default().to_string_lossy(),
+            files[i + 1]
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+        let messages = diff(&compile(&pair[0]), &compile(&pair[1]))
+            .to_batch()
+            .expect("batch")
+            .len();
+        check_transition(&name, &pair[0], &pair[1], messages);
+    }
+}
+
+// ----- drift -----
+
+#[test]
+fn drift_is_repaired_exactly() {
+    if !kernel_available() {
+        return;
+    }
+    let a = compile(&cluster());
+    let ns = Netns::new();
+    let mut socket = ns.socket();
+    socket.apply_full(&a).expect("apply A");
+
+    // The packet path adds to an affinity set: not drift.
+    let affinity = a.tables[0]
+        .sets
+        .iter()
+        .find(|s| s.flags.dynamic)
+        .expect("an affinity set")
+        .name
+        .clone();
+    ns.nft(&[
+        "add",
+        "element",
+        "ip",
+        "svcproxy",
+        &affinity,
+        "{ 10.9.9.9 }",
+    ]);
+
+    // A rule: the second one of sticky's service chain.
+    let sticky = chain_of(&a, Family::Ip, "service", "traffic/sticky/tcp/http").clone();
+    let listing = ns.nft(&["-a", "list", "chain", "ip", "svcproxy", &sticky.name]);
+    let handle = listing
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("# handle ")
+                .map(|(_, h)| h.trim().to_string())
+        })
+        .nth(1)
+        .expect("rule handle");
+    ns.nft(&[
+        "delete",
+        "rule",
+        "ip",
+        "svcproxy",
+        &sticky.name,
+        "handle",
+        &handle,
+    ]);
+
+    // A chain with what references it: admin's firewall chain and its map element.
+    let firewall = chain_of(&a, Family::Ip, "firewall", "traffic/admin/tcp/http")
+        .name
+        .clone();
+    ns.nft_load(&format!(
+        "delete element ip svcproxy firewall-ips {{ 203.0.113.40 . tcp . 80 }}\n\
+         delete chain ip svcproxy {firewall}\n"
+    ));
+
+    // A map element: sticky's ClusterIP dispatch.
+    ns.nft(&[
+        "delete",
+        "element",
+        "ip",
+        "svcproxy",
+        "service-ips",
+        "{ 10.96.0.60 . tcp . 80 }",
+    ]);
+
+    let drifted = read_back(&mut socket);
+    let repair = diff(&drifted, &a);
+    println!(
+        "--- drift repair: {}\n{}",
+        repair.summary(),
+        repair.to_nft()
+    );
+    let ops: Vec<String> = repair
+        .iter()
+        .map(|c| match &c.op {
+            Op::FlushChain(chain) => format!("flush {chain}"),
+            Op::AddChain(chain) => format!("add chain {}", chain.name),
+            Op::AddRules { chain, rules } => format!("add {} rules to {chain}", rules.len()),
+            Op::AddElements { set, elements } => {
+                format!("add {} elements to {}", elements.len(), set.name)
+            }
+            other => format!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            format!("flush {}", sticky.name),
+            format!("add chain {firewall}"),
+            "add 1 elements to service-ips".to_string(),
+            "add 1 elements to firewall-ips".to_string(),
+            // In the desired ruleset's chain order: admin comes before sticky.
+            format!("add 1 rules to {firewall}"),
+            format!("add {} rules to {}", sticky.rules.len(), sticky.name),
+        ]
+    );
+    // Flush 1 + the chain's 9 rules; the firewall chain 1 + its rule 1; one element
+    // message per map 2.
+    assert_eq!(sticky.rules.len(), 9);
+    assert_eq!(repair.to_batch().expect("batch").len(), 1 + 9 + 1 + 1 + 2);
+    commit(&mut socket, &repair);
+
+    let repaired = read_back(&mut socket);
+    assert_eq!(canonical(&repaired), canonical(&a));
+    assert!(diff(&repaired, &a).is_empty());
+    // The packet path's element is still there.
+    let kept = repaired.tables[0]
+        .sets
+        .iter()
+        .find(|s| s.name == affinity)
+        .expect("affinity set");
+    assert_eq!(kept.elements.len(), 1, "{kept:?}");
+}
+
+#[test]
+fn rejected_diff_changes_nothing() {
+    if !kernel_available() {
+        return;
+    }
+    let text = cluster();
+    let a = compile(&text);
+    let b = compile(&cut(&text, "# admin:", "# sticky:"));
+    let ns = Netns::new();
+    let mut socket = ns.socket();
+    socket.apply_full(&a).expect("apply A");
+    let changes = diff(&a, &b);
+
+    // Behind the diff's back, one of the elements it deletes goes.
+    ns.nft(&[
+        "delete",
+        "element",
+        "ip",
+        "svcproxy",
+        "service-ips",
+        "{ 10.96.0.50 . tcp . 80 }",
+    ]);
+    let before = ns.nft(&["list", "ruleset"]);
+    let generation = socket.generation().expect("generation");
+    let err = socket
+        .commit_changes(&changes, Some(generation))
+        .expect_err("the kernel must refuse deleting a missing element");
+    let Error::Rejected(rejected) = &err else {
+        panic!("expected a rejected batch, got {err}");
+    };
+    println!("rejected as expected: {err}");
+    // The kernel goes on checking after the first refusal, so later messages that
+    // depended on it are reported too (the external chain is still mapped by the
+    // LoadBalancer IP's element, which was not deleted).
+    assert_eq!(rejected.failures[0].errno, libc::ENOENT, "{err}");
+    assert_eq!(
+        rejected.failures[0].what, "2 elements (delete from set ip svcproxy/service-ips)",
+        "{err}"
+    );
+    assert!(
+        rejected.failures[1..]
+            .iter()
+            .all(|f| f.errno == libc::EBUSY),
+        "{err}"
+    );
+    assert_eq!(ns.nft(&["list", "ruleset"]), before, "kernel state changed");
+    assert_eq!(socket.generation().expect("generation"), generation);
+
+    // Diffing against what the kernel really holds works.
+    let current = read_back(&mut socket);
+    commit(&mut socket, &diff(&current, &b));
+    assert_eq!(canonical(&read_back(&mut socket)), canonical(&b));
+}
+
+// ----- stale chains: what this kernel accepts -----
+
+/// A table with a verdict map pointing at chain `target`, which holds one rule.
+fn mapped_chain_table() -> Table {
+    Table {
+        family: Family::Ip,
+        name: "svcproxy".into(),
+        comment: None,
+        sets: vec![Set {
+            name: "service-ips".into(),
+            key: vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+            data: Some(MapData::Verdict),
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            elements: vec![Element {
+                key: vec![
+                    KeyValue::Net("10.96.0.1/32".parse().expect("net")),
+                    KeyValue::Proto(L4Proto::Tcp),
+                    KeyValue::Port(80),
+                ],
+                verdict: Some(Verdict::Goto("target".into())),
+                comment: None,
+            }],
+        }],
+        chains: vec![Chain {
+            name: "target".into(),
+            base: None,
+            comment: None,
+            rules: vec![Rule {
+                stmts: vec![Stmt::Verdict(Verdict::Accept)],
+                comment: None,
+            }],
+        }],
+    }
+}
+
+/// The question kube-proxy works around (it flushes stale chains and deletes them a
+/// second later, because kernels before 6.2 noticed late that a chain had lost its
+/// last map element): does this kernel accept deleting the element and the chain in
+/// one transaction? It does; in the other order it refuses with EBUSY, as it must.
+#[test]
+fn kernel_deletes_a_mapped_chain_with_its_element_in_one_transaction() {
+    if !kernel_available() {
+        return;
+    }
+    let table = mapped_chain_table();
+    let set = Set {
+        elements: Vec::new(),
+        ..table.sets[0].clone()
+    };
+    let element = table.sets[0].elements.clone();
+    let ns = Netns::new();
+    let mut socket = ns.socket();
+    socket
+        .apply_full(&Ruleset {
+            tables: vec![table.clone()],
+        })
+        .expect("apply");
+
+    // Chain first: the element still points at it.
+    let mut wrong = Batch::new();
+    wrong.delete_chain(Family::Ip, "svcproxy", "target");
+    wrong
+        .delete_elements(Family::Ip, "svcproxy", &set, &element)
+        .expect("batch");
+    let err = socket.commit(&wrong, None).expect_err("chain still mapped");
+    let Error::Rejected(rejected) = &err else {
+        panic!("expected a rejected batch, got {err}");
+    };
+    assert_eq!(rejected.failures[0].errno, libc::EBUSY, "{err}");
+    println!("chain before its element: refused as expected: {err}");
+
+    // Element first, then the chain, no flush and no delay: accepted.
+    let mut right = Batch::new();
+    right
+        .delete_elements(Family::Ip, "svcproxy", &set, &element)
+        .expect("batch");
+    right.delete_chain(Family::Ip, "svcproxy", "target");
+    let kernel = run(Command::new("uname").arg("-r"), None);
+    socket
+        .commit(&right, None)
+        .unwrap_or_else(|e| panic!("kernel {} refused: {e}", kernel.trim()));
+    println!(
+        "kernel {}: map element and its chain deleted in one transaction",
+        kernel.trim()
+    );
+    let read = read_back(&mut socket);
+    assert!(read.tables[0].chains.is_empty());
+    assert!(read.tables[0].sets[0].elements.is_empty());
+
+    // And the same through the diff engine, in both modes.
+    for stale_chains in [StaleChains::Delete, StaleChains::DeferMapped] {
+        socket
+            .apply_full(&Ruleset {
+                tables: vec![table.clone()],
+            })
+            .expect("apply");
+        let empty = Table {
+            sets: vec![set.clone()],
+            chains: Vec::new(),
+            ..table.clone()
+        };
+        let desired = Ruleset {
+            tables: vec![empty],
+        };
+        let changes = diff_with(
+            &Ruleset {
+                tables: vec![table.clone()],
+            },
+            &desired,
+            DiffOptions { stale_chains },
+        );
+        commit(&mut socket, &changes);
+        assert_eq!(
+            canonical(&read_back(&mut socket)),
+            canonical(&changes.state_after_commit(&desired)),
+            "{stale_chains:?}"
+        );
+    }
+}
+
+/// The fallback for kernels before 6.2, run on this one: a removed service's mapped
+/// chain is flushed and kept, the next diff deletes it.
+#[test]
+fn deferred_stale_chains_go_in_the_next_diff() {
+    if !kernel_available() {
+        return;
+    }
+    let text = cluster();
+    let a = compile(&text);
+    let b = compile(&cut(&text, "# admin:", "# sticky:"));
+    let options = DiffOptions {
+        stale_chains: StaleChains::DeferMapped,
+    };
+    let ns = Netns::new();
+    let mut socket = ns.socket();
+    socket.apply_full(&a).expect("apply A");
+
+    let first = diff_with(&a, &b, options);
+    // admin's service, external and firewall chains are map targets: flushed, kept.
+    // Its endpoint chain is only jumped to by rules: deleted now.
+    let mut deferred: Vec<&str> = first
+        .deferred()
+        .iter()
+        .map(|d| d.chain.name.split('-').next().unwrap_or_default())
+        .collect();
+    deferred.sort();
+    assert_eq!(deferred, ["external", "firewall", "service"]);
+    assert_eq!(first.to_batch().expect("batch").len(), 4 + 4 + 1);
+    commit(&mut socket, &first);
+    let after = first.state_after_commit(&b);
+    let read = read_back(&mut socket);
+    assert_eq!(canonical(&read), canonical(&after));
+
+    // The next sync, whether from memory or from a read-back, deletes them.
+    for current in [&after, &read] {
+        let second = diff_with(current, &b, options);
+        assert!(second.deferred().is_empty());
+        assert_eq!(
+            count_ops(&second, |op| matches!(op, Op::DeleteChain(_))),
+            3,
+            "{}",
+            second.to_nft()
+        );
+        assert_eq!(second.len(), 3);
+    }
+    commit(&mut socket, &diff_with(&read, &b, options));
+    assert_eq!(canonical(&read_back(&mut socket)), canonical(&b));
+}
+
+// ----- scale -----
+
+/// A snapshot of `services` ClusterIP services with `endpoints` endpoints each, the
+/// first service having `extra` more.
+fn generated_snapshot(services: usize, endpoints: usize, extra: usize) -> String {
+    let mut text = String::from(
+        "# args: --node-name node-a --node-ip 192.168.100.1 --cluster-cidr 10.128.0.0/9 --service-cidr 10.96.0.0/16\n",
+    );
+    // Pod addresses depend only on (service, endpoint): the extra endpoints come from
+    // a range of their own, so that they shift no other service's endpoints.
+    let pod = |base: [u8; 4], n: usize| {
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::from(base)) + n as u32 + 1)
+    };
+    for i in 0..services {
+        let ip = std::net::Ipv4Addr::from(
+            u32::from(std::net::Ipv4Addr::new(10, 96, 1, 0)) + i as u32 + 1,
+        );
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+        ));
+        let extra = if i == 0 { extra } else { 0 };
+        let ips = (0..endpoints)
+            .map(|j| pod([10, 128, 0, 0], i * endpoints + j))
+            .chain((0..extra).map(|j| pod([10, 250, 0, 0], j)));
+        for ip in ips {
+            text.push_str(&format!("  - {{addresses: [{ip}], nodeName: node-b}}\n"));
+        }
+    }
+    text
+}
+
+/// Measured, not asserted: 10,000 services x 5 endpoints, one endpoint added.
+#[test]
+fn ten_thousand_services_one_endpoint_change() {
+    let started = Instant::now();
+    let a = compile(&generated_snapshot(10_000, 5, 0));
+    let b = compile(&generated_snapshot(10_000, 5, 1));
+    let compile_time = started.elapsed();
+    let chains: usize = a.tables.iter().map(|t| t.chains.len()).sum();
+    let rules: usize = a
+        .tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .map(|c| c.rules.len())
+        .sum();
+
+    let started = Instant::now();
+    let changes = diff(&a, &b);
+    let diff_time = started.elapsed();
+    let started = Instant::now();
+    let batch = changes.to_batch().expect("batch");
+    let batch_time = started.elapsed();
+    let started = Instant::now();
+    let text = changes.to_nft();
+    let text_time = started.elapsed();
+    let started = Instant::now();
+    assert!(diff(&b, &b).is_empty());
+    let noop_time = started.elapsed();
+    println!(
+        "10,000 services x 5 endpoints ({chains} chains, {rules} rules; compiling both: \
+         {compile_time:?}): one endpoint added: diff {diff_time:?}, to_batch {batch_time:?}, \
+         to_nft {text_time:?}; {} operations, {} messages, {} bytes ({}); \
+         diff of two equal rulesets {noop_time:?}",
+        changes.len(),
+        batch.len(),
+        batch.wire_len(),
+        changes.summary()
+    );
+    assert!(!text.is_empty());
+    // The service chain goes from 5 to 6 endpoints: flush 1 + 7 rules (masquerade, 5
+    // numgen steps, the last goto); the new endpoint chain 1 + 2 rules.
+    assert_eq!(batch.len(), 1 + 7 + 1 + 2);
+
+    if !kernel_available() {
+        return;
+    }
+    let ns = Netns::new();
+    let mut socket = ns.socket();
+    let started = Instant::now();
+    let full = socket.apply_full(&a).expect("apply A");
+    let full_time = started.elapsed();
+    let started = Instant::now();
+    let generation = socket.generation().expect("generation");
+    let commit = socket
+        .commit_changes(&changes, Some(generation))
+        .expect("commit")
+        .expect("not empty");
+    let commit_time = started.elapsed();
+    let started = Instant::now();
+    let read = read_back(&mut socket);
+    let read_time = started.elapsed();
+    let started = Instant::now();
+    let repair = diff(&read, &b);
+    let rediff_time = started.elapsed();
+    assert!(repair.is_empty(), "{}", repair.summary());
+
+    // The same change through nft, for comparison: most of a commit's time is the
+    // kernel's, whoever sends it.
+    let reference = Netns::new();
+    reference.nft_load(&svcproxy_compiler::nft::text::render(&a, &[]));
+    let started = Instant::now();
+    reference.nft_load(&text);
+    let nft_time = started.elapsed();
+    println!(
+        "  kernel: full apply of A {full_time:?} ({} messages); the diff's commit \
+         {commit_time:?} ({} messages; the same change as nft -f: {nft_time:?}); \
+         read-back {read_time:?}; diff against the read-back {rediff_time:?}",
+        full.messages, commit.messages
+    );
+}
