@@ -213,7 +213,7 @@ impl Agent {
                 messages = outcome.messages,
                 took_ms = outcome.duration.as_secs_f64() * 1000.0,
                 "synced: {}",
-                if outcome.changes.is_empty() { "no change".to_string() } else { outcome.changes.summary() }
+                outcome.changes.summary()
             );
         }
         if outcome.kind == SyncKind::Full {

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 use svcproxy_compiler::nft::TABLE_NAME;
 use svcproxy_compiler::nft::ir::{Family, Ruleset};
 
-use crate::nftables::{self, Error, NftSocket};
-// Until the element-level diff lands: a whole-table replacement when anything differs.
-use interim::{Changes, diff};
+use crate::nftables::{self, Changes, Error, NftSocket, diff};
 
 /// The tables svcproxy owns, whichever families are in use: a family that disappears
 /// from the desired state gets its table deleted.
@@ -165,60 +163,3 @@ pub fn cleanup(socket: &mut NftSocket) -> nftables::Result<usize> {
     Ok(current.tables.len())
 }
 
-mod interim {
-    //! Stand-in for the element-level diff engine: replaces svcproxy's tables whole
-    //! when anything differs. Correct (one atomic transaction) but not minimal.
-
-    use svcproxy_compiler::nft::ir::Ruleset;
-
-    use crate::nftables::{self, Batch};
-
-    #[derive(Debug, Clone)]
-    pub struct Changes {
-        current: Ruleset,
-        desired: Option<Ruleset>,
-    }
-
-    pub fn diff(current: &Ruleset, desired: &Ruleset) -> Changes {
-        let same = current.tables.len() == desired.tables.len()
-            && current.tables.iter().all(|t| desired.tables.contains(t));
-        Changes {
-            current: current.clone(),
-            desired: (!same).then(|| desired.clone()),
-        }
-    }
-
-    impl Changes {
-        pub fn is_empty(&self) -> bool {
-            self.desired.is_none()
-        }
-
-        pub fn summary(&self) -> String {
-            match &self.desired {
-                None => "no change".into(),
-                Some(d) => format!("{} table(s) replaced", d.tables.len()),
-            }
-        }
-
-        pub fn to_batch(&self) -> nftables::Result<Batch> {
-            let mut batch = Batch::new();
-            for table in &self.current.tables {
-                batch.delete_table_if_exists(table.family, &table.name)?;
-            }
-            if let Some(desired) = &self.desired {
-                for table in &desired.tables {
-                    batch.delete_table_if_exists(table.family, &table.name)?;
-                    batch.add_table(table)?;
-                }
-            }
-            Ok(batch)
-        }
-
-        pub fn to_nft(&self) -> String {
-            self.desired
-                .as_ref()
-                .map(|d| svcproxy_compiler::nft::text::render(d, &[]))
-                .unwrap_or_default()
-        }
-    }
-}
