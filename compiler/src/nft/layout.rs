@@ -323,7 +323,7 @@ impl<'a> TableBuilder<'a> {
     fn service_port(&mut self, sp: &ServicePortPlan) {
         let id = &sp.id;
         let proto = id.protocol;
-        let comment = Some(id.to_string());
+        let comment = Some(comment_text(&id.to_string()));
         let reject_or_drop = |d: Disposition| match d {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
@@ -653,6 +653,19 @@ fn addr_match(field: AddrField, op: CmpOp, nets: &[IpNet]) -> Stmt {
             values: unique.into_iter().collect(),
         }
     }
+}
+
+/// nft refuses comments longer than 128 characters; a service port's name can reach
+/// 143 (63 + 63 + 15 and separators). Long ones keep their start, which names the
+/// namespace and service.
+pub const COMMENT_MAX: usize = 128;
+
+fn comment_text(text: &str) -> String {
+    if text.len() <= COMMENT_MAX {
+        return text.to_string();
+    }
+    // Kubernetes names are ASCII, so byte indices are character boundaries.
+    format!("{}...", &text[..COMMENT_MAX - 3])
 }
 
 fn dispatch_exprs() -> Vec<KeyExpr> {
