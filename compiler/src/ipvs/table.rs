@@ -296,7 +296,7 @@ impl TableBuilder {
             KeyValue::Proto(proto),
             KeyValue::Port(vs.port),
         ];
-        let comment = Some(sp.id.to_string());
+        let comment = Some(crate::nft::layout::comment_text(&sp.id.to_string()));
         let verdict = match vs.verdict {
             super::Verdict::Forward => Verdict::Return,
             super::Verdict::Drop => Verdict::Drop,

@@ -660,7 +660,8 @@ fn addr_match(field: AddrField, op: CmpOp, nets: &[IpNet]) -> Stmt {
 /// namespace and service.
 pub const COMMENT_MAX: usize = 128;
 
-fn comment_text(text: &str) -> String {
+/// `text` as an nft comment: shortened to [`COMMENT_MAX`] if needed.
+pub fn comment_text(text: &str) -> String {
     if text.len() <= COMMENT_MAX {
         return text.to_string();
     }
