@@ -72,15 +72,16 @@ fn split_documents(source: &Source) -> Result<Vec<Value>, Vec<Diagnostic>> {
             .collect::<Result<_, _>>()
             .map_err(|e| vec![Diagnostic::new(&origin, format!("malformed JSON: {e}"))])?
     } else {
-        serde_saphyr::from_multiple_with_options::<Value>(&source.text, yaml_options(&source.text)).map_err(|e| {
-            // The snippet form spans several lines; a diagnostic is one line.
-            let message = e.without_snippet().to_string();
-            let message = message.trim_start_matches("error: ");
-            vec![Diagnostic::new(
-                &origin,
-                format!("malformed YAML: {message}"),
-            )]
-        })?
+        serde_saphyr::from_multiple_with_options::<Value>(&source.text, yaml_options(&source.text))
+            .map_err(|e| {
+                // The snippet form spans several lines; a diagnostic is one line.
+                let message = e.without_snippet().to_string();
+                let message = message.trim_start_matches("error: ");
+                vec![Diagnostic::new(
+                    &origin,
+                    format!("malformed YAML: {message}"),
+                )]
+            })?
     };
     // Empty documents (`---` at the end of a stream, comment-only files) are not objects.
     Ok(documents.into_iter().filter(|d| !d.is_null()).collect())

@@ -162,4 +162,3 @@ pub fn cleanup(socket: &mut NftSocket) -> nftables::Result<usize> {
     socket.commit(&batch, None)?;
     Ok(current.tables.len())
 }
-
