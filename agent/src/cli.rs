@@ -47,6 +47,8 @@ pub enum Command {
         node: NodeFlags,
         #[command(flatten)]
         snapshot: SnapshotArgs,
+        #[command(flatten)]
+        backend: crate::ipvs::cmd::BackendArgs,
     },
     /// Print what `apply` would change in the live kernel, as nft commands, without
     /// changing anything.
@@ -55,12 +57,14 @@ pub enum Command {
         node: NodeFlags,
         #[command(flatten)]
         snapshot: SnapshotArgs,
+        #[command(flatten)]
+        backend: crate::ipvs::cmd::BackendArgs,
     },
     /// The node agent: watch the snapshot, keep the kernel in sync, serve health and
     /// metrics.
     Run(crate::ops::RunArgs),
     /// Remove everything svcproxy owns in the kernel, and nothing else.
-    Cleanup,
+    Cleanup(crate::ipvs::cmd::CleanupArgs),
 }
 
 /// Exit status for input that cannot be used (bad snapshot, bad flags), like clap's
@@ -80,10 +84,27 @@ impl Cli {
                 node,
                 snapshot,
             } => compile(*backend, *output, node, snapshot, out, err),
-            Command::Apply { node, snapshot } => crate::ops::apply(node, snapshot, err),
-            Command::Plan { node, snapshot } => crate::ops::plan(node, snapshot, out, err),
+            Command::Apply {
+                node,
+                snapshot,
+                backend,
+            } => match backend.backend {
+                Backend::Nftables => crate::ops::apply(node, snapshot, err),
+                Backend::Ipvs => crate::ipvs::cmd::apply(node, snapshot, &backend.ipvs, err),
+            },
+            Command::Plan {
+                node,
+                snapshot,
+                backend,
+            } => match backend.backend {
+                Backend::Nftables => crate::ops::plan(node, snapshot, out, err),
+                Backend::Ipvs => crate::ipvs::cmd::plan(node, snapshot, &backend.ipvs, out, err),
+            },
             Command::Run(args) => crate::ops::run(args, err),
-            Command::Cleanup => crate::ops::cleanup(err),
+            // Both backends' leftovers, whichever ran last.
+            Command::Cleanup(args) => {
+                crate::ops::cleanup(err).max(crate::ipvs::cmd::cleanup(args, err))
+            }
         }
     }
 }
@@ -188,6 +209,9 @@ pub struct NodeFlags {
     /// `svcproxy.io/ipvs-scheduler` annotation: rr, wrr, lc, wlc, sh, dh or mh.
     #[arg(long, default_value_t = Scheduler::Rr, value_name = "SCHEDULER", value_parser = scheduler_arg)]
     pub ipvs_scheduler: Scheduler,
+    /// The dummy interface IPVS mode binds service addresses to.
+    #[arg(long, default_value = svcproxy_compiler::ipvs::DEFAULT_INTERFACE, value_name = "NAME")]
+    pub ipvs_interface: String,
     /// Refuse snapshots larger than this many bytes.
     #[arg(long, default_value_t = svcproxy_compiler::DEFAULT_MAX_INPUT_BYTES, value_name = "BYTES")]
     pub max_input_bytes: usize,
@@ -215,7 +239,7 @@ impl NodeFlags {
     pub fn ipvs_options(&self) -> svcproxy_compiler::ipvs::Options {
         svcproxy_compiler::ipvs::Options {
             scheduler: self.ipvs_scheduler,
-            ..Default::default()
+            interface: self.ipvs_interface.clone(),
         }
     }
 }

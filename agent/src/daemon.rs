@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
-use svcproxy_compiler::nft::ir::{Family, Ruleset};
+use svcproxy_compiler::nft::ir::Family;
 use svcproxy_compiler::{Options, Plan};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use crate::conntrack::{self, FlowFilter};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::source::read_sources;
-use crate::sync::{NftSyncer, SyncKind, stale};
+use crate::sync::{BackendConfig, SyncKind, Syncer, stale};
 
 /// Everything `svcproxy run` needs.
 #[derive(Debug, Clone)]
@@ -40,13 +40,13 @@ pub struct RunConfig {
     pub min_sync_period: Duration,
     pub healthz: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub backend: BackendConfig,
 }
 
 /// The compiled desired state.
 #[derive(Clone)]
 struct Desired {
     plan: Plan,
-    ruleset: Ruleset,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -61,7 +61,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
 
 struct Agent {
     config: RunConfig,
-    syncer: NftSyncer,
+    syncer: Box<dyn Syncer>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// The last snapshot that compiled, and what was programmed from it.
@@ -80,7 +80,7 @@ enum Trigger {
 impl Agent {
     fn new(config: RunConfig) -> anyhow::Result<Agent> {
         Ok(Agent {
-            syncer: NftSyncer::new().context("opening the nf_tables netlink socket")?,
+            syncer: config.backend.open()?,
             health: Arc::new(Health::new(config.sync_period)),
             metrics: Arc::new(Metrics::new()),
             config,
@@ -179,20 +179,18 @@ impl Agent {
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }
-        let ruleset = svcproxy_compiler::nft::ruleset(&plan);
-        Ok(Desired { plan, ruleset })
+        Ok(Desired { plan })
     }
 
     /// Makes the kernel match `desired`. Returns whether to retry soon.
     fn program(&mut self, desired: Desired, trigger: Trigger) -> bool {
-        let result = match trigger {
-            Trigger::Change => self.syncer.sync(&desired.ruleset),
-            Trigger::Resync => self.syncer.resync(&desired.ruleset),
-        };
+        let result = self
+            .syncer
+            .sync_plan(&desired.plan, trigger == Trigger::Resync);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
-                tracing::error!("nftables sync failed, will retry: {error}");
+                tracing::error!("sync failed, will retry: {error}");
                 self.metrics.sync_failed();
                 self.health.failed(error.to_string());
                 return true;
@@ -200,10 +198,11 @@ impl Agent {
         };
         self.metrics
             .synced(outcome.kind, outcome.duration, outcome.messages);
-        if trigger == Trigger::Resync && !outcome.changes.is_empty() {
+        if trigger == Trigger::Resync
+            && let Some(changes) = &outcome.changes
+        {
             tracing::warn!(
-                "resync repaired drift: {} ({} messages)",
-                outcome.changes.summary(),
+                "resync repaired drift: {changes} ({} messages)",
                 outcome.messages
             );
             self.metrics.drift_repaired();
@@ -213,7 +212,7 @@ impl Agent {
                 messages = outcome.messages,
                 took_ms = outcome.duration.as_secs_f64() * 1000.0,
                 "synced: {}",
-                outcome.changes.summary()
+                outcome.changes.as_deref().unwrap_or("no change")
             );
         }
         if outcome.kind == SyncKind::Full {

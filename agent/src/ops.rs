@@ -17,6 +17,8 @@ use crate::sync::{self, NftSyncer};
 pub struct RunArgs {
     #[command(flatten)]
     pub node: NodeFlags,
+    #[command(flatten)]
+    pub backend: crate::ipvs::cmd::BackendArgs,
     /// Snapshot files or directories to watch (repeatable).
     #[arg(long = "snapshot", required = true, value_name = "PATH")]
     pub snapshots: Vec<PathBuf>,
@@ -39,7 +41,11 @@ pub struct RunArgs {
 pub struct BindAddress(pub Option<SocketAddr>);
 
 /// Compiles the snapshot; on failure prints the errors and returns the exit status.
-fn compile(node: &NodeFlags, snapshot: &SnapshotArgs, err: &mut dyn Write) -> Result<Plan, u8> {
+pub(crate) fn compile(
+    node: &NodeFlags,
+    snapshot: &SnapshotArgs,
+    err: &mut dyn Write,
+) -> Result<Plan, u8> {
     let options = node.options();
     let sources = crate::source::read_sources(&snapshot.snapshots, options.max_input_bytes)
         .map_err(|e| invalid(err, &e.to_string()))?;
@@ -51,7 +57,7 @@ fn compile(node: &NodeFlags, snapshot: &SnapshotArgs, err: &mut dyn Write) -> Re
     Ok(plan)
 }
 
-fn kernel_error(err: &mut dyn Write, what: &str, error: impl std::fmt::Display) -> u8 {
+pub(crate) fn kernel_error(err: &mut dyn Write, what: &str, error: impl std::fmt::Display) -> u8 {
     let _ = writeln!(err, "error: {what}: {error}");
     EXIT_FAILURE
 }
@@ -133,6 +139,7 @@ pub fn run(args: &RunArgs, err: &mut dyn Write) -> u8 {
         min_sync_period: args.min_sync_period,
         healthz: args.healthz_bind_address.0,
         metrics: args.metrics_bind_address.0,
+        backend: args.backend.config(&args.node),
     };
     match daemon::run(config) {
         Ok(()) => 0,
@@ -153,7 +160,7 @@ pub fn cleanup(err: &mut dyn Write) -> u8 {
 }
 
 /// `30s`, `1.5s`, `500ms`, `2m`.
-fn duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration_arg(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| c.is_ascii_alphabetic())
         .map(|i| text.split_at(i))

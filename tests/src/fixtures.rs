@@ -119,7 +119,7 @@ pub fn plan(fixture: &Path) -> svcproxy_compiler::Plan {
     argv.extend(args_of(fixture));
     argv.push(root().join(fixture).display().to_string());
     let cli = Cli::try_parse_from(&argv).expect("fixture flags parse");
-    let svcproxy_agent::cli::Command::Apply { node, snapshot } = cli.command else {
+    let svcproxy_agent::cli::Command::Apply { node, snapshot, .. } = cli.command else {
         unreachable!("parsed as apply")
     };
     let sources = svcproxy_agent::source::read_sources(&snapshot.snapshots, usize::MAX)

@@ -28,8 +28,12 @@
 //!   the decoder strips): direct-routing destinations keep the port sent, NAT destinations
 //!   on local addresses stay `Masq`. So desired and dumped state compare with `==`.
 
+pub mod cmd;
+pub mod dummy;
 mod error;
 pub mod message;
+pub mod sync;
+pub mod sysctl;
 mod types;
 
 use std::fmt::Debug;

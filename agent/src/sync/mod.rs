@@ -4,8 +4,12 @@
 //! Steady-state syncs diff the new desired ruleset against that and send only the
 //! difference, without listing the kernel; a resync (and any sync after someone else
 //! changed the ruleset) reads the kernel back instead and repairs whatever drifted.
+//! The IPVS backend's syncer is [`crate::ipvs::sync::IpvsSyncer`]; the run loop
+//! drives either through the [`Syncer`] trait.
 
+mod backend;
 mod nft;
 pub mod stale;
 
+pub use backend::{BackendConfig, IpvsBackend, OpenError, Synced, Syncer};
 pub use nft::{NftSyncer, SyncKind, SyncOutcome, cleanup};
