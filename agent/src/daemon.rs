@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use notify::{RecursiveMode, Watcher};
 use svcproxy_compiler::nft::ir::Family;
 use svcproxy_compiler::{Options, Plan};
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::conntrack::{self, FlowFilter};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
-use crate::source::read_sources;
+use crate::source::{FileSource, SnapshotSource};
 use crate::sync::{BackendConfig, SyncKind, Syncer, stale};
 
 /// Everything `svcproxy run` needs.
@@ -61,6 +60,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
 
 struct Agent {
     config: RunConfig,
+    source: Box<dyn SnapshotSource>,
     syncer: Box<dyn Syncer>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -80,6 +80,10 @@ enum Trigger {
 impl Agent {
     fn new(config: RunConfig) -> anyhow::Result<Agent> {
         Ok(Agent {
+            source: Box::new(FileSource {
+                paths: config.snapshots.clone(),
+                max_bytes: config.options.max_input_bytes,
+            }),
             syncer: config.backend.open()?,
             health: Arc::new(Health::new(config.sync_period)),
             metrics: Arc::new(Metrics::new()),
@@ -110,7 +114,13 @@ impl Agent {
         }
 
         let (changed, mut changes) = mpsc::channel::<()>(1);
-        let _watcher = watch(&self.config.snapshots, changed)?;
+        let _watch = self
+            .source
+            .watch(Box::new(move || {
+                // A full channel already holds a pending change: nothing to add.
+                let _ = changed.try_send(());
+            }))
+            .map_err(|e| anyhow::anyhow!("watching the snapshot: {e}"))?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
@@ -174,7 +184,7 @@ impl Agent {
     }
 
     fn compile(&self) -> anyhow::Result<Desired> {
-        let sources = read_sources(&self.config.snapshots, self.config.options.max_input_bytes)?;
+        let sources = self.source.read().map_err(|e| anyhow::anyhow!("{e}"))?;
         let plan = svcproxy_compiler::plan(&sources, &self.config.options)?;
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
@@ -264,34 +274,4 @@ fn conntrack_family(family: Family) -> conntrack::Family {
         Family::Ip => conntrack::Family::V4,
         Family::Ip6 => conntrack::Family::V6,
     }
-}
-
-/// Watches the snapshot paths: directories recursively, files through their parent
-/// directory (editors replace files by renaming, which a watch on the file would lose).
-fn watch(
-    paths: &[PathBuf],
-    changed: mpsc::Sender<()>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            // A full channel already holds a pending change: nothing to add.
-            let _ = changed.try_send(());
-        }
-    })
-    .context("starting the file watcher")?;
-    for path in paths {
-        let (target, mode) = if path.is_dir() {
-            (path.clone(), RecursiveMode::Recursive)
-        } else {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), PathBuf::from);
-            (parent, RecursiveMode::NonRecursive)
-        };
-        watcher
-            .watch(&target, mode)
-            .with_context(|| format!("watching {}", target.display()))?;
-    }
-    Ok(watcher)
 }

@@ -1,9 +1,67 @@
-//! Reading snapshots from disk: files, directories of files, or stdin.
+//! Where snapshots come from. [`SnapshotSource`] is what the agent's loop needs of a
+//! source: read the whole snapshot, and say when it may have changed. [`FileSource`]
+//! reads files and directories and watches them with inotify; a Kubernetes API source
+//! will be a second implementation.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use notify::{RecursiveMode, Watcher};
 use svcproxy_compiler::Source;
+
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A source of snapshots for `svcproxy run`.
+pub trait SnapshotSource: Send {
+    /// The whole current snapshot.
+    fn read(&self) -> Result<Vec<Source>, SourceError>;
+
+    /// Starts calling `changed` whenever the snapshot may have changed (spurious calls
+    /// are fine: a sync with nothing to do sends nothing). Watching stops when the
+    /// returned guard is dropped.
+    fn watch(&self, changed: Box<dyn Fn() + Send + Sync>) -> Result<WatchGuard, SourceError>;
+}
+
+/// Keeps a source's watch alive.
+pub struct WatchGuard(#[allow(dead_code)] Box<dyn Send>);
+
+/// Snapshot files and directories on disk.
+pub struct FileSource {
+    pub paths: Vec<PathBuf>,
+    pub max_bytes: usize,
+}
+
+impl SnapshotSource for FileSource {
+    fn read(&self) -> Result<Vec<Source>, SourceError> {
+        Ok(read_sources(&self.paths, self.max_bytes)?)
+    }
+
+    /// Directories are watched recursively, files through their parent directory:
+    /// editors replace files by renaming, which a watch on the file itself would lose.
+    fn watch(&self, changed: Box<dyn Fn() + Send + Sync>) -> Result<WatchGuard, SourceError> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    changed();
+                }
+            })?;
+        for path in &self.paths {
+            let (target, mode) = if path.is_dir() {
+                (path.clone(), RecursiveMode::Recursive)
+            } else {
+                let parent = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                (parent, RecursiveMode::NonRecursive)
+            };
+            watcher
+                .watch(&target, mode)
+                .map_err(|e| format!("watching {}: {e}", target.display()))?;
+        }
+        Ok(WatchGuard(Box::new(watcher)))
+    }
+}
 
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
