@@ -26,6 +26,7 @@ pub mod names;
 pub mod nft;
 pub mod node;
 pub mod plan;
+pub mod synth;
 pub mod topology;
 
 use std::collections::BTreeMap;

@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod dummy;
 mod error;
 pub mod message;
+pub mod pipeline;
 pub mod sync;
 pub mod sysctl;
 mod types;

@@ -9,6 +9,7 @@
 //! generation the commit produced.
 
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     ErrorBuffer, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP_INTR, NLM_F_MULTIPART, NetlinkBuffer,
@@ -53,6 +54,13 @@ pub struct Commit {
     pub bytes: usize,
     /// The ruleset generation after the commit.
     pub generation: u32,
+    /// Time spent serialising the batch into its wire bytes.
+    pub emit_time: Duration,
+    /// Time inside `sendmsg`: nfnetlink runs the whole transaction (every message and
+    /// the commit) synchronously in the sender's context, so this is the kernel's time.
+    pub kernel_time: Duration,
+    /// Time reading the acks and the generation fence back.
+    pub ack_time: Duration,
 }
 
 /// One message received from the kernel.
@@ -123,6 +131,7 @@ impl NftSocket {
     /// Sends `batch` as one transaction. With `expected_generation`, the kernel refuses
     /// it (and we return [`Error::GenerationChanged`]) if the ruleset changed since.
     pub fn commit(&mut self, batch: &Batch, expected_generation: Option<u32>) -> Result<Commit> {
+        let started = Instant::now();
         let begin = Message::batch_begin(expected_generation);
         let end = Message::batch_end();
         let mut descriptions = Vec::with_capacity(batch.len() + 2);
@@ -143,7 +152,9 @@ impl NftSocket {
         };
 
         self.size_buffers(bytes.len(), batch.len())?;
+        let emitted = Instant::now();
         self.send(&bytes, "send batch")?;
+        let sent = Instant::now();
         let fence = self.send_one(&Message::get_generation())?;
 
         let mut failures = Vec::new();
@@ -186,6 +197,9 @@ impl NftSocket {
             acked,
             bytes: bytes.len(),
             generation,
+            emit_time: emitted - started,
+            kernel_time: sent - emitted,
+            ack_time: sent.elapsed(),
         })
     }
 

@@ -12,4 +12,4 @@ mod nft;
 pub mod stale;
 
 pub use backend::{BackendConfig, IpvsBackend, OpenError, Synced, Syncer};
-pub use nft::{NftSyncer, SyncKind, SyncOutcome, cleanup};
+pub use nft::{CommitTiming, NftSyncer, SyncKind, SyncOutcome, cleanup};

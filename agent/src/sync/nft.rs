@@ -30,6 +30,20 @@ pub struct SyncOutcome {
     /// Messages in the transaction (0 when nothing was sent).
     pub messages: usize,
     pub duration: Duration,
+    /// Where the time went, when something was committed.
+    pub timing: Option<CommitTiming>,
+}
+
+/// How long each step of a committed sync took: what is ours (diff, encoding, acks)
+/// against what is the kernel's (the transaction inside `sendmsg`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitTiming {
+    pub diff: Duration,
+    /// IR to netlink messages, and messages to wire bytes.
+    pub encode: Duration,
+    pub kernel: Duration,
+    pub acks: Duration,
+    pub bytes: usize,
 }
 
 /// Keeps svcproxy's nftables tables equal to a desired ruleset.
@@ -37,6 +51,8 @@ pub struct NftSyncer {
     socket: NftSocket,
     /// What the kernel held after our last successful commit, and its generation.
     committed: Option<(Ruleset, u32)>,
+    /// Timing of the last commit, for the outcome.
+    timing: Option<CommitTiming>,
 }
 
 impl NftSyncer {
@@ -45,6 +61,7 @@ impl NftSyncer {
         Ok(NftSyncer {
             socket: NftSocket::open()?,
             committed: None,
+            timing: None,
         })
     }
 
@@ -53,13 +70,15 @@ impl NftSyncer {
     /// in the commit proves it); otherwise reads the kernel back first.
     pub fn sync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
         let started = Instant::now();
+        self.timing = None;
         if let Some((current, generation)) = &self.committed {
             let changes = diff(current, desired);
             if changes.is_empty() {
                 return Ok(self.outcome(SyncKind::Partial, changes, 0, started));
             }
             let generation = *generation;
-            match self.commit(&changes, generation, desired) {
+            let diffed = started.elapsed();
+            match self.commit(&changes, generation, desired, diffed) {
                 Ok(messages) => {
                     return Ok(self.outcome(SyncKind::Partial, changes, messages, started));
                 }
@@ -81,7 +100,51 @@ impl NftSyncer {
     /// Reads svcproxy's tables back from the kernel and repairs any difference from
     /// `desired` (rules, chains or elements changed behind svcproxy's back).
     pub fn resync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
+        self.timing = None;
         self.sync_from_kernel(desired, Instant::now())
+    }
+
+    /// Applies a change confined to some Services, given their fragments
+    /// ([`svcproxy_compiler::nft::fragment`]) before and after it: only those
+    /// Services' rules and map elements are compared and sent, so the cost does not
+    /// grow with the rest of the ruleset. Needs a previous sync (the generation it
+    /// committed proves the kernel still holds what it did); without one, or when
+    /// someone else changed the ruleset since, it returns
+    /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`].
+    pub fn sync_fragment(
+        &mut self,
+        before: &Ruleset,
+        after: &Ruleset,
+    ) -> nftables::Result<SyncOutcome> {
+        let started = Instant::now();
+        self.timing = None;
+        let Some((_, generation)) = &self.committed else {
+            return Err(Error::GenerationChanged { expected: 0 });
+        };
+        let generation = *generation;
+        let changes = diff(before, after);
+        if changes.is_empty() {
+            return Ok(self.outcome(SyncKind::Partial, changes, 0, started));
+        }
+        let diffed = started.elapsed();
+        let encoding = Instant::now();
+        let batch = changes.to_batch()?;
+        let encode = encoding.elapsed();
+        match self.socket.commit(&batch, Some(generation)) {
+            Ok(commit) => {
+                let (state, _) = self.committed.take().expect("checked above");
+                let mut state = state;
+                changes.apply_to(&mut state);
+                self.committed = Some((state, commit.generation));
+                self.timing = Some(timing(diffed, encode, &commit));
+                let messages = commit.messages;
+                Ok(self.outcome(SyncKind::Partial, changes, messages, started))
+            }
+            Err(e) => {
+                self.committed = None;
+                Err(e)
+            }
+        }
     }
 
     /// Reads the kernel back and returns what a sync would change, without changing it.
@@ -106,13 +169,15 @@ impl NftSyncer {
         started: Instant,
     ) -> nftables::Result<SyncOutcome> {
         let (current, generation) = self.read_owned()?;
+        let diffing = Instant::now();
         let changes = diff(&current, desired);
         if changes.is_empty() {
             self.committed = Some((desired.clone(), generation));
             return Ok(self.outcome(SyncKind::Full, changes, 0, started));
         }
+        let diffed = diffing.elapsed();
         let messages = self
-            .commit(&changes, generation, desired)
+            .commit(&changes, generation, desired, diffed)
             .inspect_err(|_| {
                 self.committed = None;
             })?;
@@ -126,10 +191,14 @@ impl NftSyncer {
         changes: &Changes,
         generation: u32,
         desired: &Ruleset,
+        diffed: Duration,
     ) -> nftables::Result<usize> {
+        let encoding = Instant::now();
         let batch = changes.to_batch()?;
+        let encode = encoding.elapsed();
         let commit = self.socket.commit(&batch, Some(generation))?;
         self.committed = Some((desired.clone(), commit.generation));
+        self.timing = Some(timing(diffed, encode, &commit));
         Ok(commit.messages)
     }
 
@@ -145,7 +214,18 @@ impl NftSyncer {
             changes,
             messages,
             duration: started.elapsed(),
+            timing: self.timing,
         }
+    }
+}
+
+fn timing(diff: Duration, encode: Duration, commit: &nftables::Commit) -> CommitTiming {
+    CommitTiming {
+        diff,
+        encode: encode + commit.emit_time,
+        kernel: commit.kernel_time,
+        acks: commit.ack_time,
+        bytes: commit.bytes,
     }
 }
 

@@ -67,6 +67,12 @@ pub fn ruleset(plan: &Plan) -> Ruleset {
     }
 }
 
+/// Whether a chain belongs to one service port (its name has a slash, as every
+/// per-service name does) rather than to the fixed part of the table.
+pub fn is_per_service_chain(name: &str) -> bool {
+    name.contains('/')
+}
+
 fn table(fp: &FamilyPlan) -> Table {
     let mut t = TableBuilder::new(fp);
     t.skeleton();

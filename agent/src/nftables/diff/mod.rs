@@ -40,6 +40,7 @@
 //! lost its last reference, so kube-proxy flushes stale chains and deletes them in a
 //! later sync. [`StaleChains::DeferMapped`] does the same, explicitly.
 
+mod apply;
 mod compute;
 mod encode;
 #[cfg(test)]
