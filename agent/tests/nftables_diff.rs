@@ -395,11 +395,12 @@ fn one_endpoint_added() {
             "    - {addresses: [10.244.3.10], nodeName: node-b}\n# sticky",
         ),
     );
-    // admin's service chain goes from [masquerade, goto ep1] to [masquerade,
-    // numgen mod 2 goto ep1, goto ep2]: flush 1 + 3 rules. The new endpoint chain:
-    // add chain 1 + 2 rules (hairpin mark, DNAT). Maps are untouched: they point at
-    // the service and external chains, which stay.
-    check_transition("one endpoint added", &a, &b, 1 + 3 + 1 + 2);
+    // admin's service chain goes from [masquerade, dnat ep1] to [masquerade,
+    // numgen mod 2 dnat ep1, dnat ep2]: flush 1 + 3 rules. Endpoints have no chains,
+    // and the hairpin pair of 10.244.3.10 exists already (it is another service's
+    // endpoint). Maps are untouched: they point at the service and external chains,
+    // which stay.
+    check_transition("one endpoint added", &a, &b, 1 + 3);
 }
 
 #[test]
@@ -441,10 +442,10 @@ endpoints:
   - {{addresses: [10.244.3.10], nodeName: node-b}}
 "
     );
-    // 3 new chains (service, 2 endpoints); 2 element messages (cluster-ips and
-    // service-ips, one element each); rules: service chain 3 (masquerade, numgen,
-    // goto), endpoint chains 2 each.
-    check_transition("service added", &a, &b, 3 + 2 + 3 + 2 * 2);
+    // 1 new chain (service; endpoints have none); 2 element messages (cluster-ips and
+    // service-ips, one element each; both endpoints' hairpin pairs exist already);
+    // rules: service chain 3 (masquerade, numgen + DNAT, DNAT).
+    check_transition("service added", &a, &b, 1 + 2 + 3);
 }
 
 #[test]
@@ -455,9 +456,10 @@ fn service_removed() {
     let a = cluster();
     let b = cut(&a, "# admin:", "# sticky:");
     // Element deletions, one message per map: cluster-ips, service-ips (ClusterIP and
-    // LoadBalancer IP), service-nodeports, firewall-ips = 4. Four chains (service,
-    // external, firewall, endpoint): flush + delete each = 8.
-    check_transition("service removed", &a, &b, 4 + 4 * 2);
+    // LoadBalancer IP), service-nodeports, firewall-ips = 4 (its endpoint's hairpin
+    // pair stays: another service uses that pod). Three chains (service, external,
+    // firewall): flush + delete each = 6.
+    check_transition("service removed", &a, &b, 4 + 3 * 2);
 }
 
 #[test]
@@ -469,18 +471,18 @@ fn service_scaled_to_zero_and_back() {
     let b = edit(&a, LOCAL_WEB_ENDPOINTS, "  endpoints: []\n# remote-web");
     // local-web (externalTrafficPolicy Local; ClusterIP, externalIP, LoadBalancer IP,
     // NodePort) loses its endpoints. Deleted elements: service-ips (3 addresses) and
-    // service-nodeports = 2 messages. Five chains go (service, local, external, two
-    // endpoints): flush + delete = 10. Added: the same 3 addresses to
-    // no-endpoint-services and the NodePort to no-endpoint-nodeports, all going to
-    // reject-chain = 2 messages.
-    let down = check_transition("scaled to zero", &a, &b, 2 + 10 + 2);
+    // service-nodeports = 2 messages. Three chains go (service, local, external):
+    // flush + delete = 6 (its pods' hairpin pairs stay: other services use them).
+    // Added: the same 3 addresses to no-endpoint-services and the NodePort to
+    // no-endpoint-nodeports, all going to reject-chain = 2 messages.
+    let down = check_transition("scaled to zero", &a, &b, 2 + 6 + 2);
     assert!(down.to_nft().contains(": goto reject-chain"));
-    // And back: the reject entries go (2), the five chains come back (5) with their
-    // rules: service chain 3 (masquerade, numgen, goto), local chain 1 (goto its one
-    // local endpoint), external chain 4 (short-circuit pods, masquerade local
-    // traffic, short-circuit local traffic, goto local), endpoint chains 2 each; the
-    // dispatch entries come back (2).
-    check_transition("scaled back up", &b, &a, 2 + 5 + 2 + (3 + 1 + 4 + 2 * 2));
+    // And back: the reject entries go (2), the three chains come back (3) with their
+    // rules: service chain 3 (masquerade, numgen + DNAT, DNAT), local chain 1 (DNAT to
+    // its one local endpoint), external chain 4 (short-circuit pods, masquerade local
+    // traffic, short-circuit local traffic, goto local); the dispatch entries come
+    // back (2).
+    check_transition("scaled back up", &b, &a, 2 + 3 + 2 + (3 + 1 + 4));
 }
 
 #[test]
@@ -514,12 +516,12 @@ fn cluster_ip_service_turned_node_port() {
     ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30070}]",
     );
     // node-local's ClusterIP traffic keeps its local-pool chain, unchanged. NodePort
-    // traffic uses the cluster pool: new chains external, service and one endpoint
-    // chain for the remote endpoint (the local one has its chain already) = 3. One
-    // element message (service-nodeports). Rules: external 2 (masquerade mark, goto
-    // service chain), service 2 (numgen, goto; no masquerade rule, which belongs to
-    // the pool ClusterIP traffic uses), the new endpoint chain 2.
-    check_transition("ClusterIP turned NodePort", &a, &b, 3 + 1 + (2 + 2 + 2));
+    // traffic uses the cluster pool: new chains external and service = 2. One
+    // element message (service-nodeports; the remote endpoint's hairpin pair exists
+    // already). Rules: external 2 (masquerade mark, goto service chain), service 2
+    // (numgen + DNAT, DNAT; no masquerade rule, which belongs to the pool ClusterIP
+    // traffic uses).
+    check_transition("ClusterIP turned NodePort", &a, &b, 2 + 1 + (2 + 2));
 }
 
 #[test]
@@ -546,12 +548,12 @@ fn affinity_timeout_changed() {
     // sticky's four affinity sets change their timeout: deleted and created again
     // (4 + 4). The chains using them are rewritten around that: the service chain
     // (flush 1 + 9 rules: masquerade, 4 lookups, 4-step cascade) and the four
-    // endpoint chains (flush 1 + 3 rules each: hairpin, update set, DNAT).
+    // endpoint chains (flush 1 + 2 rules each: update set, DNAT).
     check_transition(
         "affinity timeout changed",
         &a,
         &b,
-        8 + (1 + 9) + 4 * (1 + 3),
+        8 + (1 + 9) + 4 * (1 + 2),
     );
 }
 
@@ -949,7 +951,7 @@ fn deferred_stale_chains_go_in_the_next_diff() {
 
     let first = diff_with(&a, &b, options);
     // admin's service, external and firewall chains are map targets: flushed, kept.
-    // Its endpoint chain is only jumped to by rules: deleted now.
+    // (Its endpoint has no chain.)
     let mut deferred: Vec<&str> = first
         .deferred()
         .iter()
@@ -957,7 +959,7 @@ fn deferred_stale_chains_go_in_the_next_diff() {
         .collect();
     deferred.sort();
     assert_eq!(deferred, ["external", "firewall", "service"]);
-    assert_eq!(first.to_batch().expect("batch").len(), 4 + 4 + 1);
+    assert_eq!(first.to_batch().expect("batch").len(), 4 + 3);
     commit(&mut socket, &first);
     let after = first.state_after_commit(&b);
     let read = read_back(&mut socket);
@@ -1053,8 +1055,8 @@ fn ten_thousand_services_one_endpoint_change() {
     );
     assert!(!text.is_empty());
     // The service chain goes from 5 to 6 endpoints: flush 1 + 7 rules (masquerade, 5
-    // numgen steps, the last goto); the new endpoint chain 1 + 2 rules.
-    assert_eq!(batch.len(), 1 + 7 + 1 + 2);
+    // numgen steps, the last DNAT); the new endpoint's hairpin pair 1.
+    assert_eq!(batch.len(), 1 + 7 + 1);
 
     if !kernel_available() {
         return;

@@ -209,6 +209,12 @@ pub enum Stmt {
         op: CmpOp,
         values: Vec<IpNet>,
     },
+    /// `ip saddr . ip daddr @hairpin-endpoints`: membership of a concatenated key (two
+    /// or more components) in a named set.
+    KeyInSet {
+        key: Vec<KeyExpr>,
+        set: String,
+    },
     /// `meta l4proto tcp`
     L4Proto(L4Proto),
     /// `tcp dport 80`: protocol-specific destination port (implies the protocol).

@@ -177,6 +177,10 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
                 json!({ "set": set }),
             )
         }
+        Stmt::KeyInSet { key, set } => {
+            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
+            matches("==", json!({ "concat": key }), json!(format!("@{set}")))
+        }
         Stmt::L4Proto(proto) => matches("==", meta("l4proto"), json!(proto.keyword())),
         Stmt::Dport { proto, port } => {
             matches("==", payload(proto.keyword(), "dport"), json!(port))

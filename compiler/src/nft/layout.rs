@@ -5,14 +5,19 @@
 //! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
 //!   (`service-nodeports`) dispatch a new connection to its service port in one lookup;
 //! - a `service-…` chain per service port (and `local-…` for Local policy) picks an
-//!   endpoint, an `endpoint-…` chain per endpoint marks hairpin traffic for masquerade,
-//!   records affinity and DNATs;
+//!   endpoint and DNATs to it; only ClientIP-affinity service ports have an
+//!   `endpoint-…` chain per endpoint, which records the client before the DNAT;
+//! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
+//!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs;
 //! - an `external-…` chain handles NodePort/externalIP/LoadBalancer traffic (masquerade
 //!   or the Local-policy short-circuits), a `firewall-…` chain the source ranges;
 //! - `no-endpoint-*` maps reject (no endpoint at all) or drop (none usable here), from
 //!   filter chains, because `reject` is only allowed there.
 //!
-//! Two deliberate differences from kube-proxy:
+//! Three deliberate differences from kube-proxy:
+//! - no chain per endpoint (except for affinity): the kernel's commit walks every
+//!   chain, and re-validates every chain reachable from a base chain whenever a rule
+//!   is added, so chains are what large rulesets pay for (docs/design.md);
 //! - the random choice is a cascade of `numgen random mod N == 0 goto` rules instead of
 //!   an anonymous `numgen … vmap { … }` per service: anonymous maps make the kernel's
 //!   rule insertion quadratic in the number of services (10,000 services: 199 s against
@@ -44,6 +49,7 @@ const SERVICE_NODEPORTS: &str = "service-nodeports";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const FIREWALL_IPS: &str = "firewall-ips";
+const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
 const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
@@ -173,6 +179,12 @@ impl<'a> TableBuilder<'a> {
             Some(MapData::Verdict),
             "destinations that are subject to LoadBalancerSourceRanges",
         );
+        self.set(
+            HAIRPIN_ENDPOINTS,
+            vec![addr, addr],
+            None,
+            "endpoint . endpoint: a pod reaching itself through a service",
+        );
 
         let new = |target: &str| rule(vec![Stmt::CtStateNew, jump(target)]);
         self.base(
@@ -264,6 +276,20 @@ impl<'a> TableBuilder<'a> {
         self.chain(
             MASQUERADING,
             vec![
+                // Hairpin: a pod whose connection to a service was DNATed back to
+                // itself must see the node as the source, or its reply would bypass
+                // the DNAT. After DNAT, that is exactly source == destination == an
+                // endpoint; one set lookup here replaces a rule per endpoint.
+                rule(vec![
+                    Stmt::KeyInSet {
+                        key: vec![
+                            KeyExpr::Addr(AddrField::Saddr),
+                            KeyExpr::Addr(AddrField::Daddr),
+                        ],
+                        set: HAIRPIN_ENDPOINTS.into(),
+                    },
+                    jump(MARK_FOR_MASQUERADE),
+                ]),
                 rule(vec![
                     Stmt::MarkBitsClear(mark),
                     Stmt::Verdict(Verdict::Return),
@@ -483,11 +509,15 @@ impl<'a> TableBuilder<'a> {
                     ]));
                 }
             }
-            rules.extend(random_choice(id, endpoints));
+            rules.extend(random_choice(sp, endpoints));
             self.chain(&pool_chain(pool), rules);
         }
         for endpoint in sp.reachable_endpoints() {
-            self.endpoint(sp, endpoint);
+            let hairpin = vec![net(endpoint.ip), net(endpoint.ip)];
+            self.element(HAIRPIN_ENDPOINTS, hairpin, None, None);
+            if sp.affinity_timeout.is_some() {
+                self.endpoint(sp, endpoint);
+            }
         }
     }
 
@@ -517,18 +547,12 @@ impl<'a> TableBuilder<'a> {
         Some(rule(stmts))
     }
 
+    /// The chain of one endpoint of a ClientIP-affinity service port: it records the
+    /// client in the endpoint's affinity set, then DNATs. (Hairpin masquerade is the
+    /// `hairpin-endpoints` set's job, in postrouting.)
     fn endpoint(&mut self, sp: &ServicePortPlan, endpoint: &Endpoint) {
         let id = &sp.id;
-        let mut rules = vec![rule(vec![
-            // Hairpin: a pod reaching itself through the service must see the
-            // node as the source, or its reply would bypass the DNAT.
-            Stmt::Addr {
-                field: AddrField::Saddr,
-                op: CmpOp::Eq,
-                value: IpNet::from(endpoint.ip),
-            },
-            jump(MARK_FOR_MASQUERADE),
-        ])];
+        let mut rules = Vec::new();
         if let Some(timeout) = sp.affinity_timeout {
             let set_name = names::affinity_set(id, endpoint);
             self.sets.push(Set {
@@ -619,14 +643,24 @@ impl<'a> TableBuilder<'a> {
 
 /// Uniform random choice without an anonymous map: rule i (0-based) of n takes the
 /// connection with probability 1/(n-i), so every endpoint gets 1/n; the last rule
-/// takes what is left.
-fn random_choice(id: &crate::plan::ServicePortId, endpoints: &[Endpoint]) -> Vec<Rule> {
+/// takes what is left. Each rule DNATs to its endpoint itself, so that a service needs
+/// no chain per endpoint (ClientIP affinity keeps them: they record the client first).
+fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint]) -> Vec<Rule> {
+    let id = &sp.id;
     let n = endpoints.len();
     endpoints
         .iter()
         .enumerate()
         .map(|(i, endpoint)| {
-            let target = goto(&names::endpoint_chain(id, endpoint));
+            let target = if sp.affinity_timeout.is_some() {
+                goto(&names::endpoint_chain(id, endpoint))
+            } else {
+                Stmt::Dnat {
+                    proto: id.protocol,
+                    addr: endpoint.ip,
+                    port: endpoint.port,
+                }
+            };
             if i + 1 == n {
                 rule(vec![target])
             } else {

@@ -133,6 +133,10 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
                 list.join(", ")
             )
         }
+        Stmt::KeyInSet { key, set } => {
+            let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
+            format!("{} @{set}", key.join(" . "))
+        }
         Stmt::L4Proto(proto) => format!("meta l4proto {}", proto.keyword()),
         Stmt::Dport { proto, port } => format!("{} dport {port}", proto.keyword()),
         Stmt::FibAddrTypeLocal(field) => format!("fib {} type local", field.keyword()),

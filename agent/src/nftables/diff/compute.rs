@@ -301,7 +301,9 @@ fn definition_of_chain(chain: &Chain) -> Chain {
 /// The named sets and maps a rule looks up or updates.
 fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
     rule.stmts.iter().filter_map(|stmt| match stmt {
-        Stmt::AddrInSet { set, .. } | Stmt::UpdateSetWithAddr { set, .. } => Some(set.as_str()),
+        Stmt::AddrInSet { set, .. }
+        | Stmt::KeyInSet { set, .. }
+        | Stmt::UpdateSetWithAddr { set, .. } => Some(set.as_str()),
         Stmt::Vmap { map, .. } => Some(map.as_str()),
         _ => None,
     })

@@ -302,7 +302,9 @@ impl Decoder<'_> {
         }
     }
 
-    /// One or more key loads into nft's concatenation registers, then a verdict-map lookup.
+    /// One or more key loads into nft's concatenation registers, then a verdict-map
+    /// lookup; or two or more, then a set lookup (a single address followed by a set
+    /// lookup is `Stmt::AddrInSet`, decoded elsewhere).
     fn vmap(&self, exprs: &[Expr]) -> Step {
         let mut key = Vec::new();
         let mut types = Vec::new();
@@ -310,21 +312,23 @@ impl Decoder<'_> {
             if let Expr::Lookup {
                 sreg: R1,
                 set,
-                dreg: Some(reg::VERDICT),
+                dreg,
                 invert: false,
                 ..
             } = expr
             {
-                if key.is_empty() {
-                    return None;
-                }
-                return Some(Ok((
-                    Stmt::Vmap {
+                let stmt = match dreg {
+                    Some(reg::VERDICT) if !key.is_empty() => Stmt::Vmap {
                         key,
                         map: set.clone(),
                     },
-                    i + 1,
-                )));
+                    None if key.len() >= 2 => Stmt::KeyInSet {
+                        key,
+                        set: set.clone(),
+                    },
+                    _ => return None,
+                };
+                return Some(Ok((stmt, i + 1)));
             }
             let (k, dreg) = self.key_load(expr)?;
             types.push(key_expr_type(self.family, k));

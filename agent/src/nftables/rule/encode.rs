@@ -89,6 +89,25 @@ pub(crate) fn encode_stmts(
                     },
                 ]);
             }
+            Stmt::KeyInSet { key, set } => {
+                if key.len() < 2 {
+                    return Err(Error::encode(format!(
+                        "@{set} with a key of {} components: a concatenation needs two or more",
+                        key.len()
+                    )));
+                }
+                let types: Vec<KeyType> = key.iter().map(|k| key_expr_type(family, *k)).collect();
+                for (k, dreg) in key.iter().zip(layout::concat_registers(&types)) {
+                    out.push(load_key_expr(family, *k, dreg));
+                }
+                out.push(Expr::Lookup {
+                    sreg: R1,
+                    set: set.clone(),
+                    set_id: None,
+                    dreg: None,
+                    invert: false,
+                });
+            }
             Stmt::L4Proto(proto) => {
                 out.extend(match_l4proto(*proto));
                 l4_context = Some(*proto);

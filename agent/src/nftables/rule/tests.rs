@@ -95,6 +95,38 @@ fn dport_after_l4proto_drops_the_dependency_like_nft() {
 }
 
 #[test]
+fn concatenated_set_membership_round_trips_and_is_not_an_address_lookup() {
+    let pair = vec![
+        KeyExpr::Addr(AddrField::Saddr),
+        KeyExpr::Addr(AddrField::Daddr),
+    ];
+    for family in [Family::Ip, Family::Ip6] {
+        let stmts = vec![
+            Stmt::KeyInSet {
+                key: pair.clone(),
+                set: "hairpin-endpoints".into(),
+            },
+            Stmt::Verdict(Verdict::Jump("mark-for-masquerade".into())),
+        ];
+        round_trip(family, stmts);
+    }
+    // `ip saddr . ip daddr`: registers 1 and 9 (IPv4), 1 and 2 (IPv6), as nft loads them.
+    let e = encode(
+        Family::Ip,
+        &[Stmt::KeyInSet {
+            key: pair.clone(),
+            set: "s".into(),
+        }],
+    );
+    assert!(matches!(e[1], Expr::Payload { dreg: 9, .. }), "{e:?}");
+    let one = Stmt::KeyInSet {
+        key: vec![KeyExpr::ThDport],
+        set: "s".into(),
+    };
+    assert!(encode_stmts(Family::Ip, &[one], &mut |_| 0).is_err());
+}
+
+#[test]
 fn vmap_registers_and_round_trip() {
     let stmt = Stmt::Vmap {
         key: vec![
