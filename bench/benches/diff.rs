@@ -5,6 +5,10 @@
 //! - `fragment`: the same change, diffed over that Service's rules only
 //!   (`svcproxy_compiler::nft::fragment`), as the incremental path does.
 
+/// The allocator the `svcproxy` binary uses, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use svcproxy_agent::nftables::diff;
 use svcproxy_bench::{EndpointChange, compile_ruleset};

@@ -1,6 +1,10 @@
 //! Encoding a whole ruleset into its netlink transaction (the cold start's batch):
 //! IR to messages, and every message's wire length (what emitting them walks).
 
+/// The allocator the `svcproxy` binary uses, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use svcproxy_agent::nftables::full_replacement;
 use svcproxy_bench::compile_ruleset;
