@@ -104,6 +104,11 @@ impl Drop for SnapshotDir {
 /// Starts `svcproxy run` in the node namespace and waits until its first sync is done
 /// (healthy from the start, like kube-proxy; `lastUpdated` tells the first sync).
 fn start_agent(node: &Netns, snapshots: &Path) -> Process {
+    start(node, &mut agent_command(node, snapshots, MIN_SYNC_PERIOD))
+}
+
+/// `svcproxy run` on `snapshots` in `node`, with the test's periods and addresses.
+fn agent_command(node: &Netns, snapshots: &Path, min_sync_period: &str) -> Command {
     let mut cmd = node.command(env!("CARGO_BIN_EXE_svcproxy"));
     cmd.args(["--log-level", "info", "run"])
         .args(fixture_args())
@@ -112,11 +117,15 @@ fn start_agent(node: &Netns, snapshots: &Path) -> Process {
             "--sync-period",
             SYNC_PERIOD,
             "--min-sync-period",
-            MIN_SYNC_PERIOD,
+            min_sync_period,
         ])
         .args(["--healthz-bind-address", "127.0.0.1:10256"])
         .args(["--metrics-bind-address", "127.0.0.1:10249"]);
-    let agent = node.spawn(&mut cmd).unwrap();
+    cmd
+}
+
+fn start(node: &Netns, cmd: &mut Command) -> Process {
+    let agent = node.spawn(cmd).unwrap();
     wait_until(
         Duration::from_secs(10),
         "the agent to become healthy",
@@ -285,6 +294,79 @@ fn run_follows_snapshot_edits_repairs_drift_and_survives_bad_snapshots() {
         c.node.exec("nft", &["list", "tables"]).unwrap().trim(),
         "table inet mine"
     );
+}
+
+/// The value of a counter on `/metrics` (0 when it is not there yet).
+fn counter(node: &Netns, name: &str) -> u64 {
+    let (_, metrics) = http_get(node, 10249, "/metrics").unwrap_or_default();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn run_reports_a_rejected_batch_keeps_the_rules_and_retries() {
+    if !kernel() {
+        return;
+    }
+    let c = topology();
+    let snap = SnapshotDir::new("reject");
+    let log = std::env::temp_dir().join(format!("svcproxy-run-{}-reject.log", std::process::id()));
+    // The failpoint spoils the three commits after the first with a rule for a chain
+    // that does not exist: the kernel itself refuses those batches. One second between
+    // attempts leaves time to look at the kernel while they fail.
+    let mut cmd = agent_command(&c.node, &snap.dir, "1s");
+    cmd.env("SVCPROXY_FAILPOINT_REJECT_COMMITS", "3")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _agent = start(&c.node, &mut cmd);
+    assert_eq!(answering(&c, "10.96.0.10:80", 30), set(&["a1", "b1"]));
+    let before = c
+        .node
+        .exec("nft", &["list", "table", "ip", "svcproxy"])
+        .unwrap();
+
+    snap.edit(
+        "addresses: [10.244.3.10], nodeName: node-b}\n- apiVersion",
+        "addresses: [10.244.2.10], nodeName: node-a}\n- apiVersion",
+    );
+    const FAILURES: &str = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total";
+    wait_until(Duration::from_secs(5), "a rejected sync", || {
+        Ok(counter(&c.node, FAILURES) >= 1)
+    })
+    .unwrap();
+    // While the kernel refuses the batches, the previous ruleset is intact, traffic
+    // still goes where it did, and /healthz names the refused message.
+    assert_eq!(
+        c.node
+            .exec("nft", &["list", "table", "ip", "svcproxy"])
+            .unwrap(),
+        before
+    );
+    assert_eq!(answering(&c, "10.96.0.10:80", 30), set(&["a1", "b1"]));
+    let (_, health) = http_get(&c.node, 10256, "/healthz").unwrap();
+    assert!(
+        health.contains("failpoint-no-such-chain") && health.contains("No such file"),
+        "{health}"
+    );
+
+    // The agent retries, and once the kernel accepts, the edit is programmed.
+    wait_until(Duration::from_secs(10), "the retries to succeed", || {
+        Ok(answering(&c, "10.96.0.10:80", 30) == set(&["a1", "a2"]))
+    })
+    .unwrap();
+    assert_eq!(counter(&c.node, FAILURES), 3);
+    let (code, health) = http_get(&c.node, 10256, "/healthz").unwrap();
+    assert!(
+        code == 200 && health.contains("\"lastError\": null"),
+        "{health}"
+    );
+    assert!(plan_is_empty(&c.node, &snap.file()));
+    let log_path = log;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert_eq!(log.matches("sync failed, will retry").count(), 3, "{log}");
+    assert!(log.contains("kernel rejected nf_tables batch"), "{log}");
 }
 
 /// One UDP datagram to `dst` from the client pod's fixed source port 40000 (so the

@@ -3,13 +3,23 @@
 use std::time::{Duration, Instant};
 
 use svcproxy_compiler::nft::TABLE_NAME;
-use svcproxy_compiler::nft::ir::{Family, Ruleset};
+use svcproxy_compiler::nft::ir::{Family, Rule, Ruleset};
 
 use crate::nftables::{self, Changes, Error, NftSocket, diff};
 
 /// The tables svcproxy owns, whichever families are in use: a family that disappears
 /// from the desired state gets its table deleted.
 const OWNED: [(Family, &str); 2] = [(Family::Ip, TABLE_NAME), (Family::Ip6, TABLE_NAME)];
+
+/// A failpoint for the fault tests: with `SVCPROXY_FAILPOINT_REJECT_COMMITS=N` in its
+/// environment, the syncer spoils the N commits that follow its first successful one
+/// with a message the kernel refuses (a rule for a chain that does not exist), so that
+/// a test can watch a real kernel reject a real batch and the agent report it, keep
+/// the previous ruleset and retry. Unset (always, outside tests), it does nothing.
+pub const FAILPOINT_REJECT_COMMITS: &str = "SVCPROXY_FAILPOINT_REJECT_COMMITS";
+
+/// The chain the failpoint's rule names; it never exists.
+const FAILPOINT_CHAIN: &str = "failpoint-no-such-chain";
 
 /// How a sync found out what the kernel holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +63,31 @@ pub struct NftSyncer {
     committed: Option<(Ruleset, u32)>,
     /// Timing of the last commit, for the outcome.
     timing: Option<CommitTiming>,
+    /// Commits still to spoil ([`FAILPOINT_REJECT_COMMITS`]), and whether one has
+    /// succeeded yet (the failpoint spares the first).
+    failpoint_rejects: u32,
+    committed_once: bool,
 }
 
 impl NftSyncer {
     /// Opens a netlink socket in the calling thread's network namespace.
     pub fn new() -> nftables::Result<NftSyncer> {
+        let failpoint_rejects = std::env::var(FAILPOINT_REJECT_COMMITS)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if failpoint_rejects > 0 {
+            tracing::warn!(
+                "{FAILPOINT_REJECT_COMMITS}={failpoint_rejects}: the {failpoint_rejects} \
+                 commits after the first will be made to fail (a test failpoint)"
+            );
+        }
         Ok(NftSyncer {
             socket: NftSocket::open()?,
             committed: None,
             timing: None,
+            failpoint_rejects,
+            committed_once: false,
         })
     }
 
@@ -128,10 +154,12 @@ impl NftSyncer {
         }
         let diffed = started.elapsed();
         let encoding = Instant::now();
-        let batch = changes.to_batch()?;
+        let mut batch = changes.to_batch()?;
         let encode = encoding.elapsed();
+        self.failpoint(&mut batch)?;
         match self.socket.commit(&batch, Some(generation)) {
             Ok(commit) => {
+                self.committed_once = true;
                 let (state, _) = self.committed.take().expect("checked above");
                 let mut state = state;
                 changes.apply_to(&mut state);
@@ -194,12 +222,27 @@ impl NftSyncer {
         diffed: Duration,
     ) -> nftables::Result<usize> {
         let encoding = Instant::now();
-        let batch = changes.to_batch()?;
+        let mut batch = changes.to_batch()?;
         let encode = encoding.elapsed();
+        self.failpoint(&mut batch)?;
         let commit = self.socket.commit(&batch, Some(generation))?;
+        self.committed_once = true;
         self.committed = Some((desired.clone(), commit.generation));
         self.timing = Some(timing(diffed, encode, &commit));
         Ok(commit.messages)
+    }
+
+    /// Spoils `batch` if the failpoint says so (see [`FAILPOINT_REJECT_COMMITS`]).
+    fn failpoint(&mut self, batch: &mut nftables::Batch) -> nftables::Result<()> {
+        if self.failpoint_rejects == 0 || !self.committed_once {
+            return Ok(());
+        }
+        self.failpoint_rejects -= 1;
+        let rule = Rule {
+            stmts: Vec::new(),
+            comment: None,
+        };
+        batch.add_rule(Family::Ip, TABLE_NAME, FAILPOINT_CHAIN, 0, &rule)
     }
 
     fn outcome(
