@@ -333,13 +333,17 @@ impl Message {
         )
     }
 
-    pub fn dump_rules(family: Family, table: &str) -> Message {
+    /// The rules of one chain. The kernel serves a whole-table rule dump by walking
+    /// the table from its first rule again for every reply buffer, skipping what it
+    /// already sent, which is quadratic in the table's rules; a chain's dump starts
+    /// at its chain (found by hash) and walks only that chain.
+    pub fn dump_chain_rules(family: Family, table: &str, chain: &str) -> Message {
         Message::nft(
             NfTablesMessageType::GetRule,
             NLM_F_DUMP,
             nfproto(family),
-            vec![Attr::str(ru::TABLE, table)],
-            format!("list rules of {} {table}", family.keyword()),
+            vec![Attr::str(ru::TABLE, table), Attr::str(ru::CHAIN, chain)],
+            format!("list rules of chain {} {table}/{chain}", family.keyword()),
         )
     }
 

@@ -123,10 +123,24 @@ impl NftSyncer {
         self.sync_from_kernel(desired, started)
     }
 
-    /// Reads svcproxy's tables back from the kernel and repairs any difference from
-    /// `desired` (rules, chains or elements changed behind svcproxy's back).
+    /// Repairs any difference between the kernel and `desired` (rules, chains or
+    /// elements changed behind svcproxy's back).
+    ///
+    /// Every change to nf_tables, by anyone, is a commit, and every commit moves the
+    /// ruleset's generation. So when the generation is still the one svcproxy's last
+    /// commit produced, nothing can have drifted and the kernel is not read back
+    /// (reading a 50,000-service table back costs seconds of kernel time); the sync
+    /// then diffs against the committed state, as [`NftSyncer::sync`] does. When the
+    /// generation moved (someone else committed, to any table), svcproxy's tables are
+    /// read back and compared.
     pub fn resync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
         self.timing = None;
+        if let Some((_, generation)) = &self.committed {
+            let generation = *generation;
+            if self.socket.generation()? == generation {
+                return self.sync(desired);
+            }
+        }
         self.sync_from_kernel(desired, Instant::now())
     }
 
