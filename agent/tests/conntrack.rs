@@ -14,15 +14,12 @@
 //! Needs root. Without it the tests print "skipped: needs root" and pass, unless
 //! `SVCPROXY_REQUIRE_KERNEL=1` (CI), in which case they fail.
 
-use std::fs::File;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use svcproxy_agent::conntrack::{self, Conntrack, DeleteStats, Family, Flow, FlowFilter, TCP, UDP};
+use svcproxy_tests::require_kernel;
 
 const CLIENT_PORT: u16 = 40000;
 const SERVICE_PORT: u16 = 53;
@@ -33,71 +30,42 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 // ----- environment -----
 
-/// Whether kernel tests can run here; panics when they must but cannot.
-fn kernel_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("SVCPROXY_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("SVCPROXY_REQUIRE_KERNEL=1 but these tests need root");
-    }
-    println!("skipped: needs root");
-    false
-}
-
-static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace `spct-<pid>-<n>-<label>` with `lo` up, deleted on drop.
-struct Netns {
-    name: String,
-}
+/// The shared test namespace (`svcproxy_tests::Netns`: created with `lo` up, deleted
+/// on drop), with the shorthands this file uses; a failure is a test failure.
+struct Netns(svcproxy_tests::Netns);
 
 impl Netns {
     fn new(label: &str) -> Netns {
-        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("spct-{}-{n}-{label}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]), None);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = svcproxy_tests::Netns::new(&format!("ct-{label}")).expect("netns");
         // Links come up at once: no duplicate address detection, not even for the
         // link-local addresses that neighbour discovery uses (it would take ~2 s).
-        ns.exec(
-            &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
-            None,
-        );
-        ns
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
+            .expect("accept_dad");
+        Netns(ns)
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
     }
 
     /// Runs `f` on a thread that has entered the namespace. Sockets it creates stay
     /// in the namespace wherever they are used later.
     fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).expect("open netns");
-                    // SAFETY: a valid namespace fd; setns affects only this thread.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-        })
+        self.0.enter(f).expect("entering the namespace")
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        run(Command::new("ip").args(["-n", &self.name]).args(args), None)
+        self.0.ip(args).expect("ip")
     }
 
-    fn exec(&self, args: &[&str], stdin: Option<&str>) -> String {
-        run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(args),
-            stdin,
-        )
+    fn exec(&self, program: &str, args: &[&str]) -> String {
+        self.0
+            .exec(program, args)
+            .expect("command in the namespace")
+    }
+
+    fn nft(&self, ruleset: &str) {
+        self.0.nft(ruleset).expect("nft -f")
     }
 
     /// The oracle: `conntrack -L` lines of `protocol` to `orig_dst`.
@@ -105,47 +73,11 @@ impl Netns {
         let family = if orig_dst.is_ipv4() { "ipv4" } else { "ipv6" };
         let dst = orig_dst.to_string();
         let out = self.exec(
-            &[
-                "conntrack",
-                "-L",
-                "-f",
-                family,
-                "-p",
-                protocol,
-                "--orig-dst",
-                &dst,
-            ],
-            None,
+            "conntrack",
+            &["-L", "-f", family, "-p", protocol, "--orig-dst", &dst],
         );
         out.lines().map(str::to_owned).collect()
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> String {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 // ----- the lab -----
@@ -226,8 +158,16 @@ impl Lab {
         };
         let link = |peer: &Netns, node_dev: &str, node_addr: IpAddr, peer_addr: IpAddr| {
             node.ip(&[
-                "link", "add", node_dev, "type", "veth", "peer", "name", "eth0", "netns",
-                &peer.name,
+                "link",
+                "add",
+                node_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
             ]);
             add(&node, node_addr, node_dev);
             add(peer, peer_addr, "eth0");
@@ -238,8 +178,8 @@ impl Lab {
             let (node_side, pod_addr) = plan.pods[i];
             link(pod, &format!("pod{}", i + 1), node_side, pod_addr);
         }
-        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
-        node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], None);
+        node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        node.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
 
         let any: IpAddr = match plan.family {
             Family::V4 => ip("0.0.0.0"),
@@ -288,7 +228,7 @@ impl Lab {
             to(0),
             to(0)
         );
-        self.node.exec(&["nft", "-f", "-"], Some(&ruleset));
+        self.node.nft(&ruleset);
     }
 
     /// A client UDP socket on `port`: every datagram it sends to a service belongs to
@@ -438,7 +378,7 @@ fn stale_entry_scenario(plan: Plan) {
 
 #[test]
 fn udp_client_reaches_the_new_endpoint_only_after_cleanup() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     timed("ipv4 stale entry scenario", || stale_entry_scenario(v4()));
@@ -446,7 +386,7 @@ fn udp_client_reaches_the_new_endpoint_only_after_cleanup() {
 
 #[test]
 fn udp_client_reaches_the_new_endpoint_only_after_cleanup_ipv6() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     timed("ipv6 stale entry scenario", || stale_entry_scenario(v6()));
@@ -576,7 +516,7 @@ fn cleanup_is_precise(plan: Plan) {
 
 #[test]
 fn cleanup_spares_tcp_other_services_and_non_matching_filters() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     timed("ipv4 precision", || cleanup_is_precise(v4()));
@@ -584,7 +524,7 @@ fn cleanup_spares_tcp_other_services_and_non_matching_filters() {
 
 #[test]
 fn cleanup_spares_tcp_other_services_and_non_matching_filters_ipv6() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     timed("ipv6 precision", || cleanup_is_precise(v6()));
@@ -596,7 +536,7 @@ fn cleanup_spares_tcp_other_services_and_non_matching_filters_ipv6() {
 /// packets DNAT'd.
 #[test]
 fn service_port_that_gains_endpoints_needs_cleanup_too() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     timed("ipv4 no endpoints, then one", || {
@@ -637,7 +577,7 @@ fn service_port_that_gains_endpoints_needs_cleanup_too() {
 /// Dumps that span many datagrams and deletes sent in many chunks.
 #[test]
 fn thousands_of_stale_entries() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     const FLOWS: u16 = 3000;
