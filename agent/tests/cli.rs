@@ -171,9 +171,9 @@ fn json_output_is_valid_nft_json() {
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let objects = value["nftables"].as_array().unwrap();
     assert_eq!(objects[0]["metainfo"]["json_schema_version"], 1);
-    assert!(
-        objects
-            .iter()
-            .any(|o| o["set"]["flags"] == serde_json::json!(["timeout"]))
-    );
+    // The affinity map, as `nft -j list ruleset` prints it.
+    assert!(objects.iter().any(|o| {
+        o["map"]["flags"] == serde_json::json!(["timeout"])
+            && o["map"]["map"] == "ipv4_addr . inet_service"
+    }));
 }

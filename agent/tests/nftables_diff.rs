@@ -410,11 +410,12 @@ fn one_endpoint_removed() {
     }
     let a = cluster();
     let b = edit(&a, STICKY_LAST_ENDPOINT, "# node-local");
-    // sticky's service chain is rewritten: flush 1 + 7 rules (masquerade, 3 affinity
-    // lookups, 3-step random cascade). The old endpoint chain: flush 1 + delete 1.
-    // Its affinity set: delete 1 (after the flushes that drop the rules using it).
-    let changes = check_transition("one endpoint removed", &a, &b, 1 + 7 + 2 + 1);
-    assert_eq!(count_ops(&changes, |op| matches!(op, Op::DeleteSet(_))), 1);
+    // sticky's service chain is rewritten: flush 1 + 5 rules (masquerade, the
+    // affinity map's DNAT, 3-step random cascade). Its affinity map stays (the
+    // syncer deletes the entries pointing at the endpoint that left, see
+    // `affinity_entries_of_a_removed_endpoint_are_deleted`); no endpoint chain.
+    let changes = check_transition("one endpoint removed", &a, &b, 1 + 5);
+    assert_eq!(count_ops(&changes, |op| matches!(op, Op::DeleteSet(_))), 0);
 }
 
 #[test]
@@ -545,16 +546,10 @@ fn affinity_timeout_changed() {
         "    sessionAffinity: ClientIP\n",
         "    sessionAffinity: ClientIP\n    sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
     );
-    // sticky's four affinity sets change their timeout: deleted and created again
-    // (4 + 4). The chains using them are rewritten around that: the service chain
-    // (flush 1 + 9 rules: masquerade, 4 lookups, 4-step cascade) and the four
-    // endpoint chains (flush 1 + 2 rules each: update set, DNAT).
-    check_transition(
-        "affinity timeout changed",
-        &a,
-        &b,
-        8 + (1 + 9) + 4 * (1 + 2),
-    );
+    // sticky's affinity map changes its timeout: deleted and created again (1 + 1).
+    // The chain using it is rewritten around that: flush 1 + 6 rules (masquerade,
+    // the map's DNAT, 4-step cascade recording into the map).
+    check_transition("affinity timeout changed", &a, &b, 2 + (1 + 6));
 }
 
 #[test]
@@ -650,12 +645,12 @@ fn drift_is_repaired_exactly() {
     let mut socket = ns.socket();
     socket.apply_full(&a).expect("apply A");
 
-    // The packet path adds to an affinity set: not drift.
+    // The packet path adds to an affinity map: not drift.
     let affinity = a.tables[0]
         .sets
         .iter()
         .find(|s| s.flags.dynamic)
-        .expect("an affinity set")
+        .expect("an affinity map")
         .name
         .clone();
     ns.nft(&[
@@ -664,7 +659,7 @@ fn drift_is_repaired_exactly() {
         "ip",
         "svcproxy",
         &affinity,
-        "{ 10.9.9.9 }",
+        "{ 10.9.9.9 : 10.244.1.10 . 8080 }",
     ]);
 
     // A rule: the second one of sticky's service chain.
@@ -738,22 +733,22 @@ fn drift_is_repaired_exactly() {
             format!("add {} rules to {}", sticky.rules.len(), sticky.name),
         ]
     );
-    // Flush 1 + the chain's 9 rules; the firewall chain 1 + its rule 1; one element
+    // Flush 1 + the chain's 6 rules; the firewall chain 1 + its rule 1; one element
     // message per map 2.
-    assert_eq!(sticky.rules.len(), 9);
-    assert_eq!(repair.to_batch().expect("batch").len(), 1 + 9 + 1 + 1 + 2);
+    assert_eq!(sticky.rules.len(), 6);
+    assert_eq!(repair.to_batch().expect("batch").len(), 1 + 6 + 1 + 1 + 2);
     commit(&mut socket, &repair);
 
     let repaired = read_back(&mut socket);
     assert_eq!(canonical(&repaired), canonical(&a));
     assert!(diff(&repaired, &a).is_empty());
-    // The packet path's element is still there.
-    let kept = repaired.tables[0]
-        .sets
-        .iter()
-        .find(|s| s.name == affinity)
-        .expect("affinity set");
-    assert_eq!(kept.elements.len(), 1, "{kept:?}");
+    // The packet path's element is still there (the read-back leaves dynamic maps'
+    // elements out: they are the packet path's).
+    let kept = socket
+        .read_map_entries(Family::Ip, "svcproxy", &affinity)
+        .expect("read map")
+        .expect("affinity map");
+    assert_eq!(kept.len(), 1, "{kept:?}");
 }
 
 #[test]

@@ -276,7 +276,10 @@ fn full_ruleset() -> Ruleset {
                 ..set(
                     "affinity-x",
                     vec![KeyType::Ipv4Addr],
-                    None,
+                    Some(MapData::Value(vec![
+                        KeyType::Ipv4Addr,
+                        KeyType::InetService,
+                    ])),
                     TIMEOUT_DYNAMIC,
                     vec![],
                 )
@@ -384,7 +387,7 @@ fn full_ruleset() -> Ruleset {
                             Stmt::AddrInSet {
                                 field: Saddr,
                                 op: Eq,
-                                set: "affinity-x".into(),
+                                set: "cluster-ips".into(),
                             },
                             Stmt::AddrInSet {
                                 field: Daddr,
@@ -464,20 +467,23 @@ fn full_ruleset() -> Ruleset {
                 "svc-x",
                 None,
                 vec![
-                    rule(vec![
-                        Stmt::AddrInSet {
-                            field: Saddr,
-                            op: Eq,
-                            set: "affinity-x".into(),
-                        },
-                        goto("ep-1"),
-                    ]),
+                    rule(vec![Stmt::DnatFromMap {
+                        proto: L4Proto::Tcp,
+                        field: Saddr,
+                        map: "affinity-x".into(),
+                        port_map: None,
+                    }]),
                     Rule {
                         comment: Some("random endpoint".into()),
                         stmts: vec![
                             Stmt::NumgenRandomEq {
                                 modulus: 2,
                                 value: 0,
+                            },
+                            Stmt::UpdateMap {
+                                map: "affinity-x".into(),
+                                field: Saddr,
+                                data: vec![v4("10.244.1.5/32"), KeyValue::Port(8080)],
                             },
                             goto("ep-1"),
                         ],
@@ -490,10 +496,6 @@ fn full_ruleset() -> Ruleset {
                 None,
                 vec![
                     rule(vec![addr(Saddr, Eq, "10.244.1.5/32"), jump("mark-masq")]),
-                    rule(vec![Stmt::UpdateSetWithAddr {
-                        set: "affinity-x".into(),
-                        field: Saddr,
-                    }]),
                     rule(vec![Stmt::Dnat {
                         proto: L4Proto::Tcp,
                         addr: "10.244.1.5".parse().expect("addr"),
@@ -536,7 +538,17 @@ fn full_ruleset() -> Ruleset {
                 ..set(
                     "affinity-y",
                     vec![KeyType::Ipv6Addr],
-                    None,
+                    Some(MapData::Value(vec![KeyType::Ipv6Addr])),
+                    TIMEOUT_DYNAMIC,
+                    vec![],
+                )
+            },
+            Set {
+                timeout_secs: Some(60),
+                ..set(
+                    "affinity-port-y",
+                    vec![KeyType::Ipv6Addr],
+                    Some(MapData::Value(vec![KeyType::InetService])),
                     TIMEOUT_DYNAMIC,
                     vec![],
                 )
@@ -603,10 +615,22 @@ fn full_ruleset() -> Ruleset {
                 "svc-y",
                 None,
                 vec![
+                    rule(vec![Stmt::DnatFromMap {
+                        proto: L4Proto::Tcp,
+                        field: Saddr,
+                        map: "affinity-y".into(),
+                        port_map: Some("affinity-port-y".into()),
+                    }]),
                     rule(vec![
-                        Stmt::UpdateSetWithAddr {
-                            set: "affinity-y".into(),
+                        Stmt::UpdateMap {
+                            map: "affinity-y".into(),
                             field: Saddr,
+                            data: vec![v6("fd00:244::5/128")],
+                        },
+                        Stmt::UpdateMap {
+                            map: "affinity-port-y".into(),
+                            field: Saddr,
+                            data: vec![KeyValue::Port(8443)],
                         },
                         Stmt::MarkSetOr(0x4000),
                     ]),
@@ -639,8 +663,8 @@ table ip svcproxy {
         flags interval
         elements = { 10.0.0.0/8, 172.16.0.0/12, 192.168.1.1 comment "one host" }
     }
-    set affinity-x {
-        type ipv4_addr
+    map affinity-x {
+        type ipv4_addr : ipv4_addr . inet_service
         flags dynamic,timeout
         timeout 3h
     }
@@ -673,7 +697,7 @@ table ip svcproxy {
         comment "firewall"
         ct state new ip daddr 10.0.0.1 ip saddr != 10.0.0.0/8 reject
         ip saddr 10.16.0.0/12 ip daddr != 10.1.0.0/16 drop
-        ip saddr @affinity-x ip daddr != @cluster-ips drop
+        ip saddr @cluster-ips ip daddr != @cluster-ips drop
         ip saddr != { 1.2.3.0/24, 5.6.7.8 } drop comment "source ranges"
         ip daddr { 10.0.0.0/8, 192.168.0.0/16 } accept
         ip saddr @src-ranges accept
@@ -686,13 +710,12 @@ table ip svcproxy {
         meta l4proto udp accept
     }
     chain svc-x {
-        ip saddr @affinity-x goto ep-1
-        numgen random mod 2 == 0 goto ep-1 comment "random endpoint"
+        meta l4proto tcp dnat ip to ip saddr map @affinity-x
+        numgen random mod 2 == 0 update @affinity-x { ip saddr : 10.244.1.5 . 8080 } goto ep-1 comment "random endpoint"
         goto ep-2
     }
     chain ep-1 {
         ip saddr 10.244.1.5 jump mark-masq
-        update @affinity-x { ip saddr }
         meta l4proto tcp dnat to 10.244.1.5:8080
     }
     chain ep-2 {
@@ -708,8 +731,13 @@ table ip6 svcproxy {
         flags interval
         elements = { fd00::/64 comment "pods", ::1, ff00::/8 }
     }
-    set affinity-y {
-        type ipv6_addr
+    map affinity-y {
+        type ipv6_addr : ipv6_addr
+        flags dynamic,timeout
+        timeout 1m
+    }
+    map affinity-port-y {
+        type ipv6_addr : inet_service
         flags dynamic,timeout
         timeout 1m
     }
@@ -732,7 +760,8 @@ table ip6 svcproxy {
         masquerade fully-random
     }
     chain svc-y {
-        update @affinity-y { ip6 saddr } meta mark set meta mark | 0x00004000
+        meta l4proto tcp dnat ip6 to ip6 saddr map @affinity-y : ip6 saddr map @affinity-port-y
+        update @affinity-y { ip6 saddr : fd00:244::5 } update @affinity-port-y { ip6 saddr : 8443 } meta mark set meta mark | 0x00004000
         meta l4proto tcp dnat to [fd00:244::5]:8443
     }
 }
@@ -842,7 +871,13 @@ fn rejected_batch_names_the_message_and_changes_nothing() {
 
     // A verdict map element pointing at a missing chain.
     let mut bad_element = good.clone();
-    bad_element.tables[1].sets[2].elements[0].verdict = Some(Verdict::Goto("gone".into()));
+    bad_element.tables[1]
+        .sets
+        .iter_mut()
+        .find(|s| s.name == "service-ips")
+        .expect("service-ips")
+        .elements[0]
+        .verdict = Some(Verdict::Goto("gone".into()));
     let err = ns
         .enter(|| socket.apply_full(&bad_element))
         .expect_err("map element to missing chain");

@@ -112,9 +112,12 @@ pub fn nftables(config: &Config) -> Result<Vec<Row>> {
         .flat_map(|t| &t.sets)
         .map(|s| s.elements.len())
         .sum();
+    // Sets are what the kernel looks up by name, walking a list per table: their number
+    // drives the set-lookup share of a cold apply (docs/design.md).
+    let sets: usize = ruleset.tables.iter().map(|t| t.sets.len()).sum();
     eprintln!(
         "nftables: {} services ({} service ports), {} endpoints: {chains} chains, {rules} rules, \
-         {elements} map elements, {} MB of nft text",
+         {sets} sets, {elements} map elements, {} MB of nft text",
         spec.services,
         snapshot.service_ports,
         snapshot.endpoints,

@@ -1,19 +1,18 @@
-//! Names of per-service chains and sets, in kube-proxy's readable style:
-//! `service-ULMVA6XW-ns1/svc1/tcp/p80`, `endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80`.
+//! Names of per-service chains and maps, in kube-proxy's readable style:
+//! `service-ULMVA6XW-ns1/svc1/tcp/p80`, `affinity-ULMVA6XW-ns1/svc1/tcp/p80`.
 //!
 //! The hash prefix keeps names unique even when truncated and makes chains that differ
 //! only in a digit easy to tell apart; the rest says what the chain is for. Names of a
-//! service port depend only on that port (and endpoint), so a change to one service
-//! never renames another's chains.
+//! service port depend only on that port, so a change to one service never renames
+//! another's chains, and an endpoint change renames nothing.
 
 use sha2::{Digest, Sha256};
 
-use crate::endpoints::Endpoint;
-use crate::plan::ServicePortId;
+use crate::plan::{Pool, ServicePortId};
 
 /// nftables' limit on object names (NFT_NAME_MAXLEN - 1).
 const NAME_MAX: usize = 255;
-/// Longest prefix we put in front of a base (`affinity-`, `endpoint-`, ...).
+/// Longest prefix we put in front of a base (`affinity-lport-`, `service-`, ...).
 const PREFIX_MAX: usize = 16;
 
 pub fn service_chain(id: &ServicePortId) -> String {
@@ -32,12 +31,23 @@ pub fn firewall_chain(id: &ServicePortId) -> String {
     format!("firewall-{}", port_base(id))
 }
 
-pub fn endpoint_chain(id: &ServicePortId, endpoint: &Endpoint) -> String {
-    format!("endpoint-{}", endpoint_base(id, endpoint))
+/// The ClientIP-affinity map of one pool of a service port: client address to the
+/// endpoint it was sent to (`address . port`; IPv6: the address, the port being in
+/// [`affinity_port_map`]). Each pool has its own: a client recorded on a remote
+/// endpoint by the Cluster pool must not be sent there by the Local pool.
+pub fn affinity_map(id: &ServicePortId, pool: Pool) -> String {
+    match pool {
+        Pool::Cluster => format!("affinity-{}", port_base(id)),
+        Pool::Local => format!("affinity-local-{}", port_base(id)),
+    }
 }
 
-pub fn affinity_set(id: &ServicePortId, endpoint: &Endpoint) -> String {
-    format!("affinity-{}", endpoint_base(id, endpoint))
+/// IPv6 only: client address to the port of its endpoint (see [`affinity_map`]).
+pub fn affinity_port_map(id: &ServicePortId, pool: Pool) -> String {
+    match pool {
+        Pool::Cluster => format!("affinity-port-{}", port_base(id)),
+        Pool::Local => format!("affinity-lport-{}", port_base(id)),
+    }
 }
 
 /// Is this one of the per-service names (as opposed to the fixed skeleton)? Only
@@ -53,20 +63,6 @@ fn port_base(id: &ServicePortId) -> String {
         id.service.name,
         id.protocol.keyword(),
         id.port_name
-    ))
-}
-
-fn endpoint_base(id: &ServicePortId, endpoint: &Endpoint) -> String {
-    // Colons are not allowed in names: IPv6 addresses are written with dots.
-    let ip = endpoint.ip.to_string().replace(':', ".");
-    hash_and_truncate(&format!(
-        "{}/{}/{}/{}__{}/{}",
-        id.service.namespace,
-        id.service.name,
-        id.protocol.keyword(),
-        id.port_name,
-        ip,
-        endpoint.port
     ))
 }
 
@@ -102,20 +98,11 @@ mod tests {
             protocol: L4Proto::Tcp,
         };
         assert_eq!(service_chain(&id), "service-ULMVA6XW-ns1/svc1/tcp/p80");
-        let endpoint = Endpoint {
-            ip: "10.180.0.1".parse().unwrap(),
-            port: 80,
-            node_name: None,
-            is_local: false,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: Default::default(),
-            node_hints: Default::default(),
-        };
         assert_eq!(
-            endpoint_chain(&id, &endpoint),
-            "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+            affinity_map(&id, Pool::Local),
+            "affinity-local-ULMVA6XW-ns1/svc1/tcp/p80"
         );
+        // Every prefix fits the room kept for it.
+        assert!("affinity-lport-".len() <= PREFIX_MAX);
     }
 }

@@ -1,7 +1,9 @@
 //! Kernel acceptance: every golden ruleset is accepted by `nft -c -f` and `nft -f` in
 //! a fresh network namespace, and what the kernel then holds is exactly what our JSON
 //! rendering says (after removing what the kernel adds: handles, set sizes). Loading
-//! the JSON rendering with `nft -j -f` gives the same kernel state as loading the text.
+//! the JSON rendering with `nft -j -f` gives the same kernel state as loading the text,
+//! except for what nft 1.0.6 prints in JSON but cannot read back (ClientIP affinity:
+//! see [`unreadable_by_nft`]), which is checked to fail and left out of the comparison.
 
 use serde_json::Value;
 use svcproxy_tests::Netns;
@@ -10,8 +12,12 @@ use svcproxy_tests::require_kernel;
 
 /// `nft -j list ruleset` of a namespace, normalised for comparison.
 fn listing(ns: &Netns) -> Value {
+    normalise(raw_listing(ns))
+}
+
+fn raw_listing(ns: &Netns) -> Value {
     let text = ns.exec("nft", &["-j", "list", "ruleset"]).unwrap();
-    normalise(serde_json::from_str(&text).unwrap())
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Drops what the kernel adds or nft 1.0.6 does not print in JSON (handles, `size` of
@@ -68,6 +74,45 @@ fn without_set_comments(mut value: Value) -> Value {
     value
 }
 
+/// What nft 1.0.6 lists in JSON but `nft -j -f` cannot read (docs/design.md, "Output
+/// formats"): maps with a concatenated data type ("Invalid map type 'ipv4_addr .
+/// inet_service'"), rules with a statement nft has no JSON form for (the map update
+/// of ClientIP affinity, listed as its text), and rules naming such a map.
+fn unreadable_by_nft(object: &Value) -> bool {
+    if let Some(map) = object.get("map") {
+        return map["map"].as_str().is_some_and(|t| t.contains(" . "));
+    }
+    false
+}
+
+/// `value` without the objects nft 1.0.6 cannot read back from JSON and the rules
+/// that refer to them.
+fn readable_part(mut value: Value) -> Value {
+    let objects = value["nftables"].as_array_mut().unwrap();
+    let unreadable_maps: Vec<String> = objects
+        .iter()
+        .filter(|o| unreadable_by_nft(o))
+        .map(|o| format!("@{}", o["map"]["name"].as_str().unwrap()))
+        .collect();
+    objects.retain(|o| {
+        if unreadable_by_nft(o) {
+            return false;
+        }
+        let Some(rule) = o.get("rule") else {
+            return true;
+        };
+        let text_statement = rule["expr"]
+            .as_array()
+            .is_some_and(|exprs| exprs.iter().any(Value::is_string));
+        let text = rule.to_string();
+        let names_unreadable = unreadable_maps
+            .iter()
+            .any(|name| text.contains(&format!("\"{name}\"")));
+        !text_statement && !names_unreadable
+    });
+    value
+}
+
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("svcproxy-{}-{name}", std::process::id()));
     std::fs::write(&path, text).unwrap();
@@ -80,6 +125,7 @@ fn every_golden_ruleset_loads_and_lists_back_as_rendered() {
         return;
     }
     let mut checked = 0;
+    let mut partial = 0;
     for fixture in fixtures("")
         .into_iter()
         .filter(|f| !f.starts_with("fixtures/errors"))
@@ -98,7 +144,8 @@ fn every_golden_ruleset_loads_and_lists_back_as_rendered() {
         from_text
             .exec("nft", &["-f", &nft])
             .unwrap_or_else(|e| panic!("{name}: nft -f rejects the ruleset: {e}"));
-        let kernel = listing(&from_text);
+        let kernel_raw = raw_listing(&from_text);
+        let kernel = normalise(kernel_raw.clone());
 
         // 2. The kernel holds exactly what the JSON rendering describes.
         let rendered = normalise(serde_json::from_str(&json).unwrap());
@@ -107,16 +154,37 @@ fn every_golden_ruleset_loads_and_lists_back_as_rendered() {
             "{name}: the kernel's listing differs from our JSON rendering"
         );
 
-        // 3. Loading the JSON gives the same state as loading the text.
+        // 3. Loading the JSON gives the same state as loading the text. Where nft
+        //    1.0.6 cannot read what it printed (affinity), it must still refuse the
+        //    whole (a newer nft that reads it should make this test ask for the full
+        //    check back), and the rest must load like the text.
         let from_json = Netns::new("json").unwrap();
-        let path = write_temp("ruleset.json", &json);
+        let parsed: Value = serde_json::from_str(&json).unwrap();
+        let readable = readable_part(parsed.clone());
+        let (loaded, expected) = if readable == parsed {
+            (json.clone(), kernel.clone())
+        } else {
+            let path = write_temp("full.json", &json);
+            let refused = from_json.exec("nft", &["-j", "-f", &path.display().to_string()]);
+            let _ = std::fs::remove_file(path);
+            assert!(
+                refused.is_err(),
+                "{name}: nft -j -f now reads the affinity JSON: check all of it again"
+            );
+            partial += 1;
+            (
+                readable.to_string(),
+                normalise(readable_part(kernel_raw.clone())),
+            )
+        };
+        let path = write_temp("ruleset.json", &loaded);
         from_json
             .exec("nft", &["-j", "-f", &path.display().to_string()])
             .unwrap_or_else(|e| panic!("{name}: nft -j -f rejects the JSON: {e}"));
         // (nft 1.0.6 ignores the comment of a set when it reads JSON.)
         assert_eq!(
             without_set_comments(listing(&from_json)),
-            without_set_comments(kernel.clone()),
+            without_set_comments(expected),
             "{name}: JSON and text load differently"
         );
 
@@ -137,6 +205,11 @@ fn every_golden_ruleset_loads_and_lists_back_as_rendered() {
         checked > 20,
         "only {checked} golden rulesets under {}",
         root().display()
+    );
+    // The JSON of most fixtures is checked whole.
+    assert!(
+        partial * 4 < checked,
+        "{partial} of {checked} rulesets checked only in part"
     );
 }
 

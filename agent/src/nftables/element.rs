@@ -105,6 +105,13 @@ fn push_data_and_comment(
             attrs.push(Attr::nested(el::DATA, vec![verdict_attr(verdict)]));
         }
         (None, None) => {}
+        // Only the packet path writes data-map elements (`Stmt::UpdateMap`).
+        (Some(MapData::Value(_)), _) => {
+            return Err(Error::encode(format!(
+                "map {}: elements of a data map are the packet path's",
+                set.name
+            )));
+        }
         (Some(_), None) => {
             return Err(Error::encode(format!(
                 "map {}: element without a verdict",
@@ -249,6 +256,8 @@ pub(crate) struct RawElement {
     key_end: Option<Vec<u8>>,
     interval_end: bool,
     verdict: Option<Verdict>,
+    /// The datum of a data-map element.
+    value: Option<Vec<u8>>,
     comment: Option<String>,
 }
 
@@ -266,12 +275,12 @@ impl RawElement {
         } else {
             None
         };
-        let verdict = match a.nested(el::DATA)? {
+        let (verdict, value) = match a.nested(el::DATA)? {
             Some(nest) => match parse_data(&nest)? {
-                Data::Verdict(v) => Some(v),
-                Data::Value(_) => return Err(Error::decode("map element data is not a verdict")),
+                Data::Verdict(v) => (Some(v), None),
+                Data::Value(bytes) => (None, Some(bytes)),
             },
-            None => None,
+            None => (None, None),
         };
         let comment = match a.get(el::USERDATA) {
             Some(blob) => udata::find_str(blob, udata::elem::COMMENT)?,
@@ -282,14 +291,53 @@ impl RawElement {
             key_end,
             interval_end: a.u32(el::FLAGS)?.unwrap_or(0) & el::F_INTERVAL_END != 0,
             verdict,
+            value,
             comment,
         })
     }
 }
 
+/// One element of a data map (a ClientIP-affinity map): key and datum.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MapEntry {
+    pub key: Vec<KeyValue>,
+    pub data: Vec<KeyValue>,
+}
+
+/// Decodes dumped elements of a data map. (The IR has no place for them: only the
+/// packet path writes them, see [`MapData::Value`].)
+pub(crate) fn map_entries(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<MapEntry>> {
+    let Some(MapData::Value(types)) = &info.data else {
+        return Err(Error::decode(format!(
+            "set {} is not a data map",
+            info.name
+        )));
+    };
+    let mut out = raw
+        .into_iter()
+        .map(|r| {
+            let value = r.value.ok_or_else(|| {
+                Error::decode(format!("element of data map {} without data", info.name))
+            })?;
+            Ok(MapEntry {
+                key: layout::key_values(&info.key, &r.key)?,
+                data: layout::key_values(types, &value)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort();
+    Ok(out)
+}
+
 /// Turns dumped elements back into IR elements, intervals merged into prefixes,
 /// sorted canonically.
 pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<Element>> {
+    if let Some(MapData::Value(_)) = info.data {
+        return Err(Error::decode(format!(
+            "map {}: the IR has no data-map elements (only dynamic maps have data)",
+            info.name
+        )));
+    }
     let mut out = if info.interval() && info.key.len() == 1 {
         rbtree_to_ir(raw)?
     } else {

@@ -70,7 +70,9 @@ pub(crate) enum Expr {
     Immediate { dreg: u32, data: Data },
     /// `[ numgen reg DREG = random mod MODULUS ]`
     NumgenRandom { dreg: u32, modulus: u32 },
-    /// `[ nat dnat FAMILY addr_min reg A proto_min reg P flags F ]`
+    /// `[ nat dnat FAMILY addr_min reg A proto_min reg P flags F ]`. `flags` 0 sends no
+    /// flags attribute (nft sends none when the address comes from a map; the kernel
+    /// then derives them from the registers given and reports those).
     Dnat {
         family: u8,
         addr_reg: u32,
@@ -85,9 +87,10 @@ pub(crate) enum Expr {
     CtState { dreg: u32 },
     /// `[ fib saddr|daddr type => reg DREG ]`
     FibAddrType { flags: u32, dreg: u32 },
-    /// `[ dynset update reg_key SREG set SET ]`
+    /// `[ dynset update reg_key SREG set SET [sreg_data DATA] ]`: `sreg_data` for maps.
     DynsetUpdate {
         sreg_key: u32,
+        sreg_data: Option<u32>,
         set: String,
         set_id: Option<u32>,
     },
@@ -191,13 +194,18 @@ impl Expr {
                 addr_reg,
                 proto_reg,
                 flags,
-            } => vec![
-                Attr::u32(ex::nat::TYPE, ex::nat::TYPE_DNAT),
-                Attr::u32(ex::nat::FAMILY, u32::from(*family)),
-                Attr::u32(ex::nat::REG_ADDR_MIN, *addr_reg),
-                Attr::u32(ex::nat::REG_PROTO_MIN, *proto_reg),
-                Attr::u32(ex::nat::FLAGS, *flags),
-            ],
+            } => {
+                let mut attrs = vec![
+                    Attr::u32(ex::nat::TYPE, ex::nat::TYPE_DNAT),
+                    Attr::u32(ex::nat::FAMILY, u32::from(*family)),
+                    Attr::u32(ex::nat::REG_ADDR_MIN, *addr_reg),
+                    Attr::u32(ex::nat::REG_PROTO_MIN, *proto_reg),
+                ];
+                if *flags != 0 {
+                    attrs.push(Attr::u32(ex::nat::FLAGS, *flags));
+                }
+                attrs
+            }
             Expr::Masq { flags } => vec![Attr::u32(ex::masq::FLAGS, *flags)],
             Expr::Reject { kind, code } => vec![
                 Attr::u32(ex::reject::TYPE, *kind),
@@ -214,14 +222,18 @@ impl Expr {
             ],
             Expr::DynsetUpdate {
                 sreg_key,
+                sreg_data,
                 set,
                 set_id,
             } => {
-                let mut attrs = vec![
-                    Attr::u32(ex::dynset::SREG_KEY, *sreg_key),
+                let mut attrs = vec![Attr::u32(ex::dynset::SREG_KEY, *sreg_key)];
+                if let Some(sreg_data) = sreg_data {
+                    attrs.push(Attr::u32(ex::dynset::SREG_DATA, *sreg_data));
+                }
+                attrs.extend([
                     Attr::u32(ex::dynset::OP, ex::dynset::OP_UPDATE),
                     Attr::str(ex::dynset::SET_NAME, set),
-                ];
+                ]);
                 if let Some(id) = set_id {
                     attrs.push(Attr::u32(ex::dynset::SET_ID, *id));
                 }
@@ -356,6 +368,7 @@ impl Expr {
                 }
                 Expr::DynsetUpdate {
                     sreg_key: a.need_u32(ex::dynset::SREG_KEY, &what("sreg_key"))?,
+                    sreg_data: a.u32(ex::dynset::SREG_DATA)?,
                     set: a.need_string(ex::dynset::SET_NAME, &what("set"))?,
                     set_id: a.u32(ex::dynset::SET_ID)?,
                 }
@@ -558,8 +571,22 @@ mod tests {
             Expr::FibAddrType { flags: 2, dreg: 1 },
             Expr::DynsetUpdate {
                 sreg_key: 1,
+                sreg_data: None,
                 set: "affinity".into(),
                 set_id: None,
+            },
+            Expr::DynsetUpdate {
+                sreg_key: 1,
+                sreg_data: Some(2),
+                set: "affinity".into(),
+                set_id: Some(4),
+            },
+            // From a map: nft sends no flags.
+            Expr::Dnat {
+                family: 2,
+                addr_reg: 1,
+                proto_reg: 9,
+                flags: 0,
             },
         ];
         for expr in exprs {

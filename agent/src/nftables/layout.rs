@@ -95,6 +95,17 @@ pub(crate) fn slot_register(slot: u32) -> u32 {
     }
 }
 
+/// The register of the slot `slots` after the one `register` names (a data register
+/// as [`slot_register`] names them).
+pub(crate) fn shift_register(register: u32, slots: u32) -> u32 {
+    let slot = if register >= reg::REG32_00 {
+        register - reg::REG32_00
+    } else {
+        (register - reg::REG_1) * 4
+    };
+    slot_register(slot + slots)
+}
+
 /// The registers nft loads the components of a key into, in order.
 pub(crate) fn concat_registers(key: &[KeyType]) -> Vec<u32> {
     let mut slot = 0;
@@ -236,6 +247,10 @@ mod tests {
         );
         assert_eq!(slot_register(8), 3);
         assert_eq!(slot_register(15), 23);
+        // A map datum from reg 2 on: `ip saddr : 10.0.0.1 . 8080` loads reg 2 and 13.
+        assert_eq!(shift_register(1, 4), 2);
+        assert_eq!(shift_register(9, 4), 13);
+        assert_eq!(shift_register(2, 4), 3);
     }
 
     #[test]

@@ -35,5 +35,6 @@ pub use batch::Batch;
 pub use diff::{
     Change, Changes, DeferredChain, DiffOptions, Op, StaleChains, Summary, diff, diff_with,
 };
+pub use element::MapEntry;
 pub use error::{BatchRejected, Error, MessageFailure, Result};
 pub use socket::{Commit, NftSocket};

@@ -320,6 +320,17 @@ impl Message {
         )
     }
 
+    /// One set's description (not a dump: the kernel answers ENOENT if it is absent).
+    pub fn get_set(family: Family, table: &str, set: &str) -> Message {
+        Message::nft(
+            NfTablesMessageType::GetSet,
+            0,
+            nfproto(family),
+            vec![Attr::str(st::TABLE, table), Attr::str(st::NAME, set)],
+            format!("get set {} {table}/{set}", family.keyword()),
+        )
+    }
+
     pub fn dump_elements(family: Family, table: &str, set: &str) -> Message {
         Message::nft(
             NfTablesMessageType::GetSetElement,

@@ -13,7 +13,7 @@ use svcproxy_compiler::nft::ir::{
 };
 
 use super::attr::Attrs;
-use super::element::{RawElement, elements_to_ir};
+use super::element::{MapEntry, RawElement, elements_to_ir, map_entries};
 use super::error::{Error, Result};
 use super::expr::Expr;
 use super::msg::{Message, POLICY_ACCEPT, hook_from_number};
@@ -65,8 +65,16 @@ impl NftSocket {
                 continue;
             }
             let info = SetInfo::from_attrs(&attrs)?;
-            let raw = self.read_elements(family, name, &info.name)?;
-            let elements = elements_to_ir(&info, raw)?;
+            // The elements of dynamic sets (ClientIP affinity) are the packet path's:
+            // the diff never compares them, there is one per client, and the IR has
+            // no place for a data map's data. They are not read
+            // ([`NftSocket::read_map_entries`] reads one map's).
+            let elements = if info.dynamic() {
+                Vec::new()
+            } else {
+                let raw = self.read_elements(family, name, &info.name)?;
+                elements_to_ir(&info, raw)?
+            };
             if info.anonymous() {
                 let values = elements
                     .into_iter()
@@ -122,6 +130,23 @@ impl NftSocket {
             sets,
             chains,
         }))
+    }
+
+    /// The elements of one data map (a ClientIP-affinity map: client address to
+    /// endpoint), or `None` if the map does not exist. One dump of one set: small
+    /// beside reading the table.
+    pub fn read_map_entries(
+        &mut self,
+        family: Family,
+        table: &str,
+        map: &str,
+    ) -> Result<Option<Vec<MapEntry>>> {
+        let Some(reply) = self.get(&Message::get_set(family, table, map))? else {
+            return Ok(None);
+        };
+        let info = SetInfo::from_attrs(&expect(&reply, NfTablesMessageType::NewSet)?)?;
+        let raw = self.read_elements(family, table, map)?;
+        map_entries(&info, raw).map(Some)
     }
 
     fn read_elements(&mut self, family: Family, table: &str, set: &str) -> Result<Vec<RawElement>> {

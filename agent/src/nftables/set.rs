@@ -58,9 +58,21 @@ pub(crate) fn set_attrs(table: &str, set: &Set, id: u32, kind: SetKind) -> Resul
         Attr::u32(st::KEY_TYPE, layout::key_type_id(&set.key)),
         Attr::u32(st::KEY_LEN, layout::key_len(&set.key) as u32),
     ];
-    if let Some(MapData::Verdict) = set.data {
-        attrs.push(Attr::u32(st::DATA_TYPE, data::TYPE_VERDICT));
-        attrs.push(Attr::u32(st::DATA_LEN, 0));
+    match &set.data {
+        Some(MapData::Verdict) => {
+            attrs.push(Attr::u32(st::DATA_TYPE, data::TYPE_VERDICT));
+            attrs.push(Attr::u32(st::DATA_LEN, 0));
+        }
+        // Data types are encoded like key types (nft's type id, concatenations
+        // folded; lengths padded per component when concatenated).
+        Some(MapData::Value(types)) => {
+            if types.is_empty() {
+                return Err(Error::encode(format!("map {}: empty data type", set.name)));
+            }
+            attrs.push(Attr::u32(st::DATA_TYPE, layout::key_type_id(types)));
+            attrs.push(Attr::u32(st::DATA_LEN, layout::key_len(types) as u32));
+        }
+        None => {}
     }
     attrs.push(Attr::u32(st::ID, id));
     if let Some(secs) = set.timeout_secs {
@@ -108,13 +120,14 @@ pub(crate) fn set_attrs(table: &str, set: &Set, id: u32, kind: SetKind) -> Resul
 fn set_userdata(set: &Set, kind: SetKind) -> Result<Vec<u8>> {
     use udata::set as u;
     let mut w = udata::Writer::new();
-    let byteorder = match set.key.as_slice() {
-        [KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetService] => u::BYTEORDER_BIG_ENDIAN,
-        _ => u::BYTEORDER_INVALID,
+    w.put_u32(u::KEYBYTEORDER, byteorder(&set.key))?;
+    let data_byteorder = match &set.data {
+        Some(MapData::Verdict) => Some(u::BYTEORDER_INVALID),
+        Some(MapData::Value(types)) => Some(byteorder(types)),
+        None => None,
     };
-    w.put_u32(u::KEYBYTEORDER, byteorder)?;
-    if set.data.is_some() {
-        w.put_u32(u::DATABYTEORDER, u::BYTEORDER_INVALID)?;
+    if let Some(order) = data_byteorder {
+        w.put_u32(u::DATABYTEORDER, order)?;
     }
     match kind {
         SetKind::AnonAddrs { family, field, .. } => {
@@ -143,6 +156,16 @@ fn set_userdata(set: &Set, kind: SetKind) -> Result<Vec<u8>> {
         }
         SetKind::Named => {}
     }
+    if let Some(MapData::Value(types)) = &set.data {
+        if types.len() > 1 {
+            // As for a concatenated key: "a concatenation", no sub-expressions.
+            w.nest(u::DATA_TYPEOF, |w| {
+                w.put_u32(u::TYPEOF_EXPR, u::EXPR_CONCAT)?;
+                w.nest(u::TYPEOF_DATA, |_| Ok(()))?;
+                Ok(())
+            })?;
+        }
+    }
     if set.data.is_some() {
         w.put_u32(u::DATA_INTERVAL, 0)?;
     }
@@ -151,6 +174,16 @@ fn set_userdata(set: &Set, kind: SetKind) -> Result<Vec<u8>> {
         w.put_str(u::COMMENT, comment)?;
     }
     Ok(w.finish())
+}
+
+/// The byte order nft records for a key or data type: big endian for a single
+/// address or port, none for a protocol, a concatenation or verdicts.
+fn byteorder(types: &[KeyType]) -> u32 {
+    use udata::set as u;
+    match types {
+        [KeyType::Ipv4Addr | KeyType::Ipv6Addr | KeyType::InetService] => u::BYTEORDER_BIG_ENDIAN,
+        _ => u::BYTEORDER_INVALID,
+    }
 }
 
 /// nft's `(enum proto_desc_id, header field template)` of `ip saddr` and friends.
@@ -188,10 +221,16 @@ impl SetInfo {
         let data = match a.u32(st::DATA_TYPE)? {
             None => None,
             Some(data::TYPE_VERDICT) => Some(MapData::Verdict),
-            Some(other) => {
-                return Err(Error::decode(format!(
-                    "set {name}: map data type {other:#x}"
-                )));
+            Some(id) => {
+                let types = layout::key_types_from_id(id)
+                    .map_err(|e| Error::decode(format!("set {name}: map data type: {e}")))?;
+                let len = a.need_u32(st::DATA_LEN, "map data length")?;
+                if len as usize != layout::key_len(&types) {
+                    return Err(Error::decode(format!(
+                        "set {name}: data length {len} for its data type"
+                    )));
+                }
+                Some(MapData::Value(types))
             }
         };
         let comment = match a.get(st::USERDATA) {
@@ -212,6 +251,11 @@ impl SetInfo {
         self.flags & st::F_ANONYMOUS != 0
     }
 
+    /// Rules add elements from the packet path (`flags dynamic`).
+    pub fn dynamic(&self) -> bool {
+        self.flags & st::F_EVAL != 0
+    }
+
     pub fn interval(&self) -> bool {
         self.flags & st::F_INTERVAL != 0
     }
@@ -220,7 +264,7 @@ impl SetInfo {
         let flags = SetFlags {
             interval: self.interval(),
             timeout: self.flags & st::F_TIMEOUT != 0,
-            dynamic: self.flags & st::F_EVAL != 0,
+            dynamic: self.dynamic(),
         };
         Set {
             name: self.name,

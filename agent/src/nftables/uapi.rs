@@ -220,6 +220,7 @@ pub mod expr {
         pub const SET_ID: u16 = 2;
         pub const OP: u16 = 3;
         pub const SREG_KEY: u16 = 4;
+        pub const SREG_DATA: u16 = 5;
         pub const TIMEOUT: u16 = 6;
         pub const OP_UPDATE: u32 = 1;
     }

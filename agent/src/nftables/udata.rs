@@ -29,6 +29,7 @@ pub mod set {
     pub const DATABYTEORDER: u8 = 1;
     pub const MERGE_ELEMENTS: u8 = 2;
     pub const KEY_TYPEOF: u8 = 3;
+    pub const DATA_TYPEOF: u8 = 4;
     pub const DATA_INTERVAL: u8 = 6;
     pub const COMMENT: u8 = 7;
 

@@ -7,6 +7,7 @@
 //! The IPVS backend's syncer is [`crate::ipvs::sync::IpvsSyncer`]; the run loop
 //! drives either through the [`Syncer`] trait.
 
+mod affinity;
 mod backend;
 mod nft;
 pub mod stale;

@@ -3,9 +3,15 @@
 use std::time::{Duration, Instant};
 
 use svcproxy_compiler::nft::TABLE_NAME;
-use svcproxy_compiler::nft::ir::{Family, Rule, Ruleset};
+use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset};
 
-use crate::nftables::{self, Changes, Error, NftSocket, diff};
+use super::affinity::{StaleAffinity, stale_affinity};
+use crate::nftables::{self, Batch, Changes, Error, NftSocket, diff};
+
+/// Attempts at deleting stale affinity entries: an entry can time out between the
+/// dump and the deletion, which fails the batch (ENOENT); the next dump will not have
+/// it.
+const AFFINITY_ATTEMPTS: usize = 3;
 
 /// The tables svcproxy owns, whichever families are in use: a family that disappears
 /// from the desired state gets its table deleted.
@@ -42,6 +48,9 @@ pub struct SyncOutcome {
     pub duration: Duration,
     /// Where the time went, when something was committed.
     pub timing: Option<CommitTiming>,
+    /// ClientIP-affinity entries deleted after the commit because their endpoint left
+    /// (see `sync::affinity`).
+    pub affinity_entries_deleted: usize,
 }
 
 /// How long each step of a committed sync took: what is ours (diff, encoding, acks)
@@ -67,6 +76,8 @@ pub struct NftSyncer {
     /// succeeded yet (the failpoint spares the first).
     failpoint_rejects: u32,
     committed_once: bool,
+    /// Stale affinity entries the last sync deleted, for the outcome.
+    affinity_deleted: usize,
 }
 
 impl NftSyncer {
@@ -88,6 +99,7 @@ impl NftSyncer {
             timing: None,
             failpoint_rejects,
             committed_once: false,
+            affinity_deleted: 0,
         })
     }
 
@@ -96,7 +108,7 @@ impl NftSyncer {
     /// in the commit proves it); otherwise reads the kernel back first.
     pub fn sync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
         let started = Instant::now();
-        self.timing = None;
+        self.reset();
         if let Some((current, generation)) = &self.committed {
             let changes = diff(current, desired);
             if changes.is_empty() {
@@ -104,8 +116,10 @@ impl NftSyncer {
             }
             let generation = *generation;
             let diffed = started.elapsed();
+            let stale = stale_affinity(current, desired, &changes);
             match self.commit(&changes, generation, desired, diffed) {
                 Ok(messages) => {
+                    self.clear_stale_affinity(&stale);
                     return Ok(self.outcome(SyncKind::Partial, changes, messages, started));
                 }
                 // Someone else committed since our last sync: our view may be stale.
@@ -134,7 +148,7 @@ impl NftSyncer {
     /// generation moved (someone else committed, to any table), svcproxy's tables are
     /// read back and compared.
     pub fn resync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
-        self.timing = None;
+        self.reset();
         if let Some((_, generation)) = &self.committed {
             let generation = *generation;
             if self.socket.generation()? == generation {
@@ -157,7 +171,7 @@ impl NftSyncer {
         after: &Ruleset,
     ) -> nftables::Result<SyncOutcome> {
         let started = Instant::now();
-        self.timing = None;
+        self.reset();
         let Some((_, generation)) = &self.committed else {
             return Err(Error::GenerationChanged { expected: 0 });
         };
@@ -180,6 +194,7 @@ impl NftSyncer {
                 self.committed = Some((state, commit.generation));
                 self.timing = Some(timing(diffed, encode, &commit));
                 let messages = commit.messages;
+                self.clear_stale_affinity(&stale_affinity(before, after, &changes));
                 Ok(self.outcome(SyncKind::Partial, changes, messages, started))
             }
             Err(e) => {
@@ -223,7 +238,81 @@ impl NftSyncer {
             .inspect_err(|_| {
                 self.committed = None;
             })?;
+        self.clear_stale_affinity(&stale_affinity(&current, desired, &changes));
         Ok(self.outcome(SyncKind::Full, changes, messages, started))
+    }
+
+    fn reset(&mut self) {
+        self.timing = None;
+        self.affinity_deleted = 0;
+    }
+
+    /// Deletes the affinity entries that point at endpoints the commit just removed
+    /// (see `sync::affinity`), in a transaction of their own on top of the commit's
+    /// generation. A failure is logged, not returned: the sync itself succeeded, and
+    /// the entries only live until their timeout.
+    fn clear_stale_affinity(&mut self, stale: &[StaleAffinity]) {
+        for map in stale {
+            match self.clear_stale_map(map) {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    self.affinity_deleted += deleted;
+                    tracing::info!(
+                        map = %map.map.name,
+                        family = map.family.keyword(),
+                        deleted,
+                        "deleted ClientIP-affinity entries of removed endpoints"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    map = %map.map.name,
+                    family = map.family.keyword(),
+                    "could not delete ClientIP-affinity entries of removed endpoints: {e}"
+                ),
+            }
+        }
+    }
+
+    fn clear_stale_map(&mut self, stale: &StaleAffinity) -> nftables::Result<usize> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(entries) =
+                self.socket
+                    .read_map_entries(stale.family, &stale.table, &stale.map.name)?
+            else {
+                return Ok(0);
+            };
+            let keys: Vec<Element> = entries
+                .into_iter()
+                .filter(|e| !stale.valid.contains(&e.data))
+                .map(|e| Element {
+                    key: e.key,
+                    verdict: None,
+                    comment: None,
+                })
+                .collect();
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut batch = Batch::new();
+            batch.delete_elements(stale.family, &stale.table, &stale.map, &keys)?;
+            // On top of what we committed: if someone else changed the ruleset since,
+            // the next sync reads it back, and this waits for another removal.
+            let expected = self.committed.as_ref().map(|(_, generation)| *generation);
+            match self.socket.commit(&batch, expected) {
+                Ok(commit) => {
+                    // Elements of dynamic maps are not part of the committed IR; only
+                    // the generation moved.
+                    if let Some((_, generation)) = &mut self.committed {
+                        *generation = commit.generation;
+                    }
+                    return Ok(keys.len());
+                }
+                Err(Error::Rejected(_)) if attempt < AFFINITY_ATTEMPTS => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Commits `changes` on top of `generation`; on success `desired` is what the
@@ -272,6 +361,7 @@ impl NftSyncer {
             messages,
             duration: started.elapsed(),
             timing: self.timing,
+            affinity_entries_deleted: self.affinity_deleted,
         }
     }
 }

@@ -196,7 +196,7 @@ pub enum Stmt {
         op: CmpOp,
         value: IpNet,
     },
-    /// `ip saddr @affinity-x`, `ip daddr @cluster-ips`: membership in a named set.
+    /// `ip daddr @cluster-ips`: membership in a named set.
     AddrInSet {
         field: AddrField,
         op: CmpOp,
@@ -237,10 +237,13 @@ pub enum Stmt {
     MarkSetOr(u32),
     /// `meta mark set meta mark ^ BITS`
     MarkSetXor(u32),
-    /// `update @set { ip saddr }`: add or refresh the packet's source in a timeout set.
-    UpdateSetWithAddr {
-        set: String,
+    /// `update @map { ip saddr : 10.0.0.1 . 8080 }`: add or refresh the packet's
+    /// address as a key of a timeout map, with constant data (the element gets the
+    /// map's default timeout). ClientIP affinity records the client's endpoint so.
+    UpdateMap {
+        map: String,
         field: AddrField,
+        data: Vec<KeyValue>,
     },
     /// `masquerade fully-random`
     MasqueradeFullyRandom,
@@ -250,6 +253,18 @@ pub enum Stmt {
         proto: L4Proto,
         addr: IpAddr,
         port: u16,
+    },
+
+    /// `meta l4proto tcp dnat ip to ip saddr map @m` (IPv4: `m` maps the address to
+    /// `address . port`), or, with `port_map`, `meta l4proto tcp dnat ip6 to ip6 saddr
+    /// map @m : ip6 saddr map @p` (address and port from two maps: nft 1.0.6 cannot
+    /// write an IPv6 `address . port` datum, see docs/design.md). A key missing from a
+    /// map makes the rule not match, so evaluation goes on with the next rule.
+    DnatFromMap {
+        proto: L4Proto,
+        field: AddrField,
+        map: String,
+        port_map: Option<String>,
     },
 
     // ----- verdicts -----
@@ -293,14 +308,15 @@ impl KeyType {
     }
 }
 
-/// A named set (`data` is `None`) or map (`data` is `Some`). Maps in svcproxy are
-/// verdict maps.
+/// A named set (`data` is `None`) or map (`data` is `Some`): verdict maps, and the
+/// ClientIP-affinity maps from a client address to its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
     /// One type, or several for a concatenation (`ipv4_addr . inet_proto . inet_service`).
     pub key: Vec<KeyType>,
-    /// `Some(MapData::Verdict)` for a verdict map.
+    /// `Some(MapData::Verdict)` for a verdict map, `Some(MapData::Value(..))` for a
+    /// data map.
     pub data: Option<MapData>,
     pub flags: SetFlags,
     /// Default timeout for elements, in seconds (only with `flags.timeout`).
@@ -310,9 +326,13 @@ pub struct Set {
     pub elements: Vec<Element>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MapData {
     Verdict,
+    /// Values of these types (several: a concatenation, `ipv4_addr . inet_service`).
+    /// Only dynamic maps have such data: their elements come from the packet path
+    /// (`Stmt::UpdateMap`), never from the IR's element lists.
+    Value(Vec<KeyType>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::ir::*;
-use super::text::net_text;
+use super::text::{map_data_text, net_text, stmt_text};
 
 pub fn render(ruleset: &Ruleset) -> Value {
     let mut objects = vec![json!({"metainfo": {"json_schema_version": 1}})];
@@ -76,8 +76,10 @@ fn set_json(table: &Table, set: &Set) -> Value {
     if let Some(comment) = &set.comment {
         object["comment"] = json!(comment);
     }
-    if set.data.is_some() {
-        object["map"] = json!("verdict");
+    // nft 1.0.6 prints a concatenated data type as one string, and cannot read it
+    // back ("Invalid map type"): see docs/design.md, "Output formats".
+    if let Some(data) = &set.data {
+        object["map"] = json!(map_data_text(data));
     }
     if !set.elements.is_empty() {
         let elements: Vec<Value> = set.elements.iter().map(element_json).collect();
@@ -202,15 +204,32 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
         Stmt::MarkSetXor(bits) => {
             json!({"mangle": {"key": meta("mark"), "value": {"^": [meta("mark"), bits]}}})
         }
-        Stmt::UpdateSetWithAddr { set, field } => json!({"set": {
-            "op": "update", "elem": payload(fam, field.keyword()), "set": format!("@{set}"),
-        }}),
+        // nft 1.0.6 has no JSON form for the map statement: `nft -j list` prints its
+        // text form as a string (and warns "stmt ops map have no json callback"), and
+        // `nft -j -f` cannot read that back. This is what nft prints.
+        Stmt::UpdateMap { .. } => json!(stmt_text(family, stmt)),
         Stmt::MasqueradeFullyRandom => json!({"masquerade": {"flags": "fully-random"}}),
         Stmt::Dnat { proto, addr, port } => {
             return vec![
                 matches("==", meta("l4proto"), json!(proto.keyword())),
                 json!({"dnat": {"addr": addr.to_string(), "port": port}}),
             ];
+        }
+        Stmt::DnatFromMap {
+            proto,
+            field,
+            map,
+            port_map,
+        } => {
+            let lookup = |map: &str| json!({"map": {"key": payload(fam, field.keyword()), "data": format!("@{map}")}});
+            // nft names the family only when the map holds `address . port`.
+            let dnat = match port_map {
+                None => json!({"dnat": {"family": fam, "addr": lookup(map)}}),
+                Some(port_map) => {
+                    json!({"dnat": {"addr": lookup(map), "port": lookup(port_map)}})
+                }
+            };
+            return vec![matches("==", meta("l4proto"), json!(proto.keyword())), dnat];
         }
         Stmt::Vmap { key, map } => {
             let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();

@@ -5,8 +5,12 @@
 //! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
 //!   (`service-nodeports`) dispatch a new connection to its service port in one lookup;
 //! - a `service-…` chain per service port (and `local-…` for Local policy) picks an
-//!   endpoint and DNATs to it; only ClientIP-affinity service ports have an
-//!   `endpoint-…` chain per endpoint, which records the client before the DNAT;
+//!   endpoint and DNATs to it;
+//! - ClientIP affinity is one dynamic map per pool of a service port (`affinity-…`,
+//!   `affinity-local-…`) from client address to endpoint: the pool chain DNATs a
+//!   known client from it first (refreshing its entry), and each random-choice rule
+//!   records the client before its DNAT (IPv6: a second map holds the port,
+//!   `affinity-port-…`);
 //! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
 //!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs;
 //! - an `external-…` chain handles NodePort/externalIP/LoadBalancer traffic (masquerade
@@ -15,9 +19,11 @@
 //!   filter chains, because `reject` is only allowed there.
 //!
 //! Three deliberate differences from kube-proxy:
-//! - no chain per endpoint (except for affinity): the kernel's commit walks every
-//!   chain, and re-validates every chain reachable from a base chain whenever a rule
-//!   is added, so chains are what large rulesets pay for (docs/design.md);
+//! - no chain per endpoint, and no set per endpoint for affinity (kube-proxy has an
+//!   `affinity-…` set and an `endpoint-…` chain per endpoint): the kernel's commit walks
+//!   every chain, re-validates every chain reachable from a base chain whenever a rule
+//!   is added, and finds a set by name in a list per table, so chains and sets are
+//!   what large rulesets pay for (docs/design.md);
 //! - the random choice is a cascade of `numgen random mod N == 0 goto` rules instead of
 //!   an anonymous `numgen … vmap { … }` per service: anonymous maps make the kernel's
 //!   rule insertion quadratic in the number of services (10,000 services: 199 s against
@@ -36,7 +42,9 @@ use super::ir::*;
 use crate::endpoints::Endpoint;
 use crate::names;
 use crate::node::NodePortAddresses;
-use crate::plan::{Disposition, FamilyPlan, Masquerade, Plan, Pool, ServicePortPlan};
+use crate::plan::{
+    Disposition, FamilyPlan, Masquerade, Plan, Pool, ServicePortId, ServicePortPlan,
+};
 
 /// The name of svcproxy's table in each family.
 pub const TABLE_NAME: &str = "svcproxy";
@@ -485,7 +493,7 @@ impl<'a> TableBuilder<'a> {
             }
         }
 
-        // The pool chains pick an endpoint; the endpoint chains DNAT.
+        // The pool chains pick an endpoint and DNAT to it.
         for pool in [Pool::Cluster, Pool::Local] {
             if !sp.uses_pool(pool) {
                 continue;
@@ -496,29 +504,61 @@ impl<'a> TableBuilder<'a> {
                     rules.push(masq);
                 }
             }
+            let affinity = sp
+                .affinity_timeout
+                .map(|timeout| self.affinity_maps(id, pool, timeout));
             let endpoints = sp.endpoints(pool);
-            if sp.affinity_timeout.is_some() {
-                for endpoint in endpoints {
-                    rules.push(rule(vec![
-                        Stmt::AddrInSet {
-                            field: AddrField::Saddr,
-                            op: CmpOp::Eq,
-                            set: names::affinity_set(id, endpoint),
-                        },
-                        goto(&names::endpoint_chain(id, endpoint)),
-                    ]));
-                }
+            if let (Some(maps), Some(first)) = (&affinity, endpoints.first()) {
+                rules.push(known_client(id.protocol, maps, first));
             }
-            rules.extend(random_choice(sp, endpoints));
+            rules.extend(random_choice(sp, endpoints, affinity.as_ref()));
             self.chain(&pool_chain(pool), rules);
         }
         for endpoint in sp.reachable_endpoints() {
             let hairpin = vec![net(endpoint.ip), net(endpoint.ip)];
             self.element(HAIRPIN_ENDPOINTS, hairpin, None, None);
-            if sp.affinity_timeout.is_some() {
-                self.endpoint(sp, endpoint);
-            }
         }
+    }
+
+    /// Declares the ClientIP-affinity map(s) of one pool of a service port: client
+    /// address to endpoint, entries expiring `timeout` seconds after the client's
+    /// last new connection. One map per pool (not a set per endpoint, as kube-proxy):
+    /// the kernel finds sets by name in a list per table, and 13k per-endpoint sets at
+    /// 50k services made that most of a cold apply's kernel time (docs/design.md).
+    /// IPv4 keeps `address . port` in one map; nft 1.0.6 aborts writing an IPv6
+    /// `address . port` datum, so IPv6 keeps the port in a second map.
+    fn affinity_maps(&mut self, id: &ServicePortId, pool: Pool, timeout: u32) -> AffinityMaps {
+        let addr = self.family.addr_type();
+        let map = names::affinity_map(id, pool);
+        let port_map = match self.family {
+            Family::Ip => {
+                self.dynamic_map(&map, vec![addr, KeyType::InetService], timeout);
+                None
+            }
+            Family::Ip6 => {
+                let port_map = names::affinity_port_map(id, pool);
+                self.dynamic_map(&map, vec![addr], timeout);
+                self.dynamic_map(&port_map, vec![KeyType::InetService], timeout);
+                Some(port_map)
+            }
+        };
+        AffinityMaps { map, port_map }
+    }
+
+    fn dynamic_map(&mut self, name: &str, data: Vec<KeyType>, timeout: u32) {
+        self.sets.push(Set {
+            name: name.to_string(),
+            key: vec![self.family.addr_type()],
+            data: Some(MapData::Value(data)),
+            flags: SetFlags {
+                interval: false,
+                timeout: true,
+                dynamic: true,
+            },
+            timeout_secs: Some(timeout),
+            comment: None,
+            elements: Vec::new(),
+        });
     }
 
     /// The masquerade rule of the ClusterIP path. It names the ClusterIP and port
@@ -545,40 +585,6 @@ impl<'a> TableBuilder<'a> {
         }
         stmts.push(jump(MARK_FOR_MASQUERADE));
         Some(rule(stmts))
-    }
-
-    /// The chain of one endpoint of a ClientIP-affinity service port: it records the
-    /// client in the endpoint's affinity set, then DNATs. (Hairpin masquerade is the
-    /// `hairpin-endpoints` set's job, in postrouting.)
-    fn endpoint(&mut self, sp: &ServicePortPlan, endpoint: &Endpoint) {
-        let id = &sp.id;
-        let mut rules = Vec::new();
-        if let Some(timeout) = sp.affinity_timeout {
-            let set_name = names::affinity_set(id, endpoint);
-            self.sets.push(Set {
-                name: set_name.clone(),
-                key: vec![self.family.addr_type()],
-                data: None,
-                flags: SetFlags {
-                    interval: false,
-                    timeout: true,
-                    dynamic: true,
-                },
-                timeout_secs: Some(timeout),
-                comment: None,
-                elements: Vec::new(),
-            });
-            rules.push(rule(vec![Stmt::UpdateSetWithAddr {
-                set: set_name,
-                field: AddrField::Saddr,
-            }]));
-        }
-        rules.push(rule(vec![Stmt::Dnat {
-            proto: id.protocol,
-            addr: endpoint.ip,
-            port: endpoint.port,
-        }]));
-        self.chain(&names::endpoint_chain(id, endpoint), rules);
     }
 
     // ----- small builders -----
@@ -641,37 +647,102 @@ impl<'a> TableBuilder<'a> {
     }
 }
 
+/// The affinity map(s) of one pool, as [`TableBuilder::affinity_maps`] declared them.
+struct AffinityMaps {
+    map: String,
+    port_map: Option<String>,
+}
+
+/// The rule that sends a client known to the affinity map(s) back to its endpoint:
+/// `ip saddr @m update @m { ip saddr : E } meta l4proto tcp dnat ip to ip saddr map @m`.
+/// An unknown client misses the membership check and goes on to the random choice.
+/// The `update` refreshes the entry's timeout, as kube-proxy's per-endpoint `update`
+/// does on every new connection; it leaves the datum of an existing entry alone, so
+/// `E` (the pool's first endpoint) only lands in the map if the entry expired between
+/// the check and the update, and then names a valid endpoint. (nft 1.0.6 cannot write
+/// the datum as the map lookup itself: `{ ip saddr : ip saddr map @m }` is a syntax
+/// error.)
+fn known_client(proto: L4Proto, maps: &AffinityMaps, first: &Endpoint) -> Rule {
+    let mut stmts = vec![Stmt::AddrInSet {
+        field: AddrField::Saddr,
+        op: CmpOp::Eq,
+        set: maps.map.clone(),
+    }];
+    if let Some(port_map) = &maps.port_map {
+        stmts.push(Stmt::AddrInSet {
+            field: AddrField::Saddr,
+            op: CmpOp::Eq,
+            set: port_map.clone(),
+        });
+    }
+    stmts.extend(record(maps, first));
+    stmts.push(Stmt::DnatFromMap {
+        proto,
+        field: AddrField::Saddr,
+        map: maps.map.clone(),
+        port_map: maps.port_map.clone(),
+    });
+    rule(stmts)
+}
+
+/// `update @m { ip saddr : ENDPOINT . PORT }` (IPv6: the address and the port into
+/// their two maps).
+fn record(maps: &AffinityMaps, endpoint: &Endpoint) -> Vec<Stmt> {
+    let addr = net(endpoint.ip);
+    let port = KeyValue::Port(endpoint.port);
+    match &maps.port_map {
+        None => vec![Stmt::UpdateMap {
+            map: maps.map.clone(),
+            field: AddrField::Saddr,
+            data: vec![addr, port],
+        }],
+        Some(port_map) => vec![
+            Stmt::UpdateMap {
+                map: maps.map.clone(),
+                field: AddrField::Saddr,
+                data: vec![addr],
+            },
+            Stmt::UpdateMap {
+                map: port_map.clone(),
+                field: AddrField::Saddr,
+                data: vec![port],
+            },
+        ],
+    }
+}
+
 /// Uniform random choice without an anonymous map: rule i (0-based) of n takes the
 /// connection with probability 1/(n-i), so every endpoint gets 1/n; the last rule
 /// takes what is left. Each rule DNATs to its endpoint itself, so that a service needs
-/// no chain per endpoint (ClientIP affinity keeps them: they record the client first).
-fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint]) -> Vec<Rule> {
+/// no chain per endpoint; with ClientIP affinity it first records the client's choice
+/// in the pool's map(s).
+fn random_choice(
+    sp: &ServicePortPlan,
+    endpoints: &[Endpoint],
+    affinity: Option<&AffinityMaps>,
+) -> Vec<Rule> {
     let id = &sp.id;
     let n = endpoints.len();
     endpoints
         .iter()
         .enumerate()
         .map(|(i, endpoint)| {
-            let target = if sp.affinity_timeout.is_some() {
-                goto(&names::endpoint_chain(id, endpoint))
-            } else {
-                Stmt::Dnat {
-                    proto: id.protocol,
-                    addr: endpoint.ip,
-                    port: endpoint.port,
-                }
-            };
-            if i + 1 == n {
-                rule(vec![target])
-            } else {
-                rule(vec![
-                    Stmt::NumgenRandomEq {
-                        modulus: (n - i) as u32,
-                        value: 0,
-                    },
-                    target,
-                ])
+            let mut stmts = Vec::new();
+            if i + 1 < n {
+                stmts.push(Stmt::NumgenRandomEq {
+                    modulus: (n - i) as u32,
+                    value: 0,
+                });
             }
+            if let Some(maps) = affinity {
+                stmts.extend(record(maps, endpoint));
+            }
+            stmts.push(Stmt::Dnat {
+                proto: id.protocol,
+                addr: endpoint.ip,
+                port: endpoint.port,
+            });
+            rule(stmts)
         })
         .collect()
 }

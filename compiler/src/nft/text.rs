@@ -46,8 +46,8 @@ fn render_set(out: &mut String, set: &Set) {
     let _ = writeln!(out, "\t{kind} {} {{", set.name);
     let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
     let _ = write!(out, "\t\ttype {}", key.join(" . "));
-    if let Some(MapData::Verdict) = set.data {
-        out.push_str(" : verdict");
+    if let Some(data) = &set.data {
+        let _ = write!(out, " : {}", map_data_text(data));
     }
     out.push('\n');
     let mut flags = Vec::new();
@@ -146,8 +146,13 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
         }
         Stmt::MarkSetOr(bits) => format!("meta mark set meta mark | {}", hex(*bits)),
         Stmt::MarkSetXor(bits) => format!("meta mark set meta mark ^ {}", hex(*bits)),
-        Stmt::UpdateSetWithAddr { set, field } => {
-            format!("update @{set} {{ {fam} {} }}", field.keyword())
+        Stmt::UpdateMap { map, field, data } => {
+            let data: Vec<String> = data.iter().map(key_value_text).collect();
+            format!(
+                "update @{map} {{ {fam} {} : {} }}",
+                field.keyword(),
+                data.join(" . ")
+            )
         }
         Stmt::MasqueradeFullyRandom => "masquerade fully-random".into(),
         Stmt::Dnat { proto, addr, port } => match addr {
@@ -158,6 +163,22 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
                 format!("meta l4proto {} dnat to [{v6}]:{port}", proto.keyword())
             }
         },
+        Stmt::DnatFromMap {
+            proto,
+            field,
+            map,
+            port_map,
+        } => {
+            let key = format!("{fam} {}", field.keyword());
+            let mut text = format!(
+                "meta l4proto {} dnat {fam} to {key} map @{map}",
+                proto.keyword()
+            );
+            if let Some(port_map) = port_map {
+                let _ = write!(text, " : {key} map @{port_map}");
+            }
+            text
+        }
         Stmt::Vmap { key, map } => {
             let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
             format!("{} vmap @{map}", key.join(" . "))
@@ -172,6 +193,17 @@ fn key_expr_text(family: Family, key: KeyExpr) -> String {
         KeyExpr::Addr(field) => format!("{} {}", family.keyword(), field.keyword()),
         KeyExpr::L4Proto => "meta l4proto".into(),
         KeyExpr::ThDport => "th dport".into(),
+    }
+}
+
+/// `verdict`, or the data type(s) of a data map (`ipv4_addr . inet_service`).
+pub fn map_data_text(data: &MapData) -> String {
+    match data {
+        MapData::Verdict => "verdict".into(),
+        MapData::Value(types) => {
+            let types: Vec<&str> = types.iter().map(|t| t.keyword()).collect();
+            types.join(" . ")
+        }
     }
 }
 

@@ -283,7 +283,7 @@ fn definition(set: &Set) -> Set {
     Set {
         name: set.name.clone(),
         key: set.key.clone(),
-        data: set.data,
+        data: set.data.clone(),
         flags: set.flags,
         timeout_secs: set.timeout_secs,
         comment: set.comment.clone(),
@@ -303,12 +303,14 @@ fn definition_of_chain(chain: &Chain) -> Chain {
 
 /// The named sets and maps a rule looks up or updates.
 fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
-    rule.stmts.iter().filter_map(|stmt| match stmt {
-        Stmt::AddrInSet { set, .. }
-        | Stmt::KeyInSet { set, .. }
-        | Stmt::UpdateSetWithAddr { set, .. } => Some(set.as_str()),
-        Stmt::Vmap { map, .. } => Some(map.as_str()),
-        _ => None,
+    rule.stmts.iter().flat_map(|stmt| {
+        let (first, second) = match stmt {
+            Stmt::AddrInSet { set, .. } | Stmt::KeyInSet { set, .. } => (Some(set), None),
+            Stmt::Vmap { map, .. } | Stmt::UpdateMap { map, .. } => (Some(map), None),
+            Stmt::DnatFromMap { map, port_map, .. } => (Some(map), port_map.as_ref()),
+            _ => (None, None),
+        };
+        first.into_iter().chain(second).map(String::as_str)
     })
 }
 

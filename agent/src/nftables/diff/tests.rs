@@ -3,8 +3,8 @@
 
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{
-    AddrField, BaseChain, Chain, ChainType, CmpOp, Element, Family, Hook, KeyExpr, KeyType,
-    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
+    AddrField, BaseChain, Chain, ChainType, Element, Family, Hook, KeyExpr, KeyType, KeyValue,
+    L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
 };
 
 use super::*;
@@ -87,8 +87,8 @@ const INTERVAL: SetFlags = SetFlags {
     dynamic: false,
 };
 
-/// A small table in svcproxy's shape: a dispatch map, a service chain choosing
-/// between two endpoint chains, one of them with an affinity set, an interval set.
+/// A small table in svcproxy's shape: a dispatch map, a service chain with ClientIP
+/// affinity (its map) choosing between two chains, an interval set.
 fn table() -> Table {
     Table {
         family: Family::Ip,
@@ -96,7 +96,14 @@ fn table() -> Table {
         comment: Some("rules for svcproxy".into()),
         sets: vec![
             addr_set("nodeport-ips", INTERVAL, &["192.168.100.1/32"]),
-            addr_set("affinity-a/1", AFFINITY, &[]),
+            Set {
+                key: vec![KeyType::Ipv4Addr],
+                data: Some(MapData::Value(vec![
+                    KeyType::Ipv4Addr,
+                    KeyType::InetService,
+                ])),
+                ..addr_set("affinity-a/http", AFFINITY, &[])
+            },
             map(
                 "service-ips",
                 vec![dispatch("10.96.0.10", 80, "service-a/http")],
@@ -124,31 +131,27 @@ fn table() -> Table {
             chain(
                 "service-a/http",
                 vec![
-                    rule(vec![
-                        Stmt::AddrInSet {
-                            field: AddrField::Saddr,
-                            op: CmpOp::Eq,
-                            set: "affinity-a/1".into(),
-                        },
-                        goto("endpoint-a/1"),
-                    ]),
+                    rule(vec![Stmt::DnatFromMap {
+                        proto: L4Proto::Tcp,
+                        field: AddrField::Saddr,
+                        map: "affinity-a/http".into(),
+                        port_map: None,
+                    }]),
                     rule(vec![
                         Stmt::NumgenRandomEq {
                             modulus: 2,
                             value: 0,
                         },
+                        record("10.244.1.10"),
                         goto("endpoint-a/1"),
                     ]),
-                    rule(vec![goto("endpoint-a/2")]),
+                    rule(vec![record("10.244.2.10"), goto("endpoint-a/2")]),
                 ],
             ),
             chain(
                 "endpoint-a/1",
                 vec![
-                    rule(vec![Stmt::UpdateSetWithAddr {
-                        set: "affinity-a/1".into(),
-                        field: AddrField::Saddr,
-                    }]),
+                    rule(vec![Stmt::MarkSetOr(0x4000)]),
                     rule(vec![Stmt::Verdict(Verdict::Accept)]),
                 ],
             ),
@@ -157,6 +160,15 @@ fn table() -> Table {
                 vec![rule(vec![Stmt::Verdict(Verdict::Accept)])],
             ),
         ],
+    }
+}
+
+/// `update @affinity-a/http { ip saddr : ENDPOINT . 8080 }`
+fn record(endpoint: &str) -> Stmt {
+    Stmt::UpdateMap {
+        map: "affinity-a/http".into(),
+        field: AddrField::Saddr,
+        data: vec![net(endpoint), KeyValue::Port(8080)],
     }
 }
 
@@ -215,7 +227,7 @@ fn equal_rulesets_give_no_changes_whatever_the_order_of_chains_and_sets() {
 #[test]
 fn dynamic_set_elements_are_never_compared() {
     let mut current = table();
-    set_mut(&mut current, "affinity-a/1").elements =
+    set_mut(&mut current, "affinity-a/http").elements =
         addr_set("x", AFFINITY, &["10.244.9.9/32"]).elements;
     assert!(diff(&ruleset(current.clone()), &ruleset(table())).is_empty());
     assert!(diff(&ruleset(table()), &ruleset(current)).is_empty());
@@ -248,7 +260,7 @@ fn a_removed_service_goes_in_reference_order() {
     let a = table();
     let mut b = table();
     b.chains.truncate(1);
-    b.sets.retain(|s| s.name != "affinity-a/1");
+    b.sets.retain(|s| s.name != "affinity-a/http");
     set_mut(&mut b, "service-ips").elements.clear();
     let changes = diff(&ruleset(a), &ruleset(b));
     assert_eq!(
@@ -258,7 +270,7 @@ fn a_removed_service_goes_in_reference_order() {
             "flush chain service-a/http",
             "flush chain endpoint-a/1",
             "flush chain endpoint-a/2",
-            "delete set affinity-a/1",
+            "delete set affinity-a/http",
             "delete chain service-a/http",
             "delete chain endpoint-a/1",
             "delete chain endpoint-a/2",
@@ -271,7 +283,7 @@ fn a_removed_service_goes_in_reference_order() {
 fn a_new_service_creates_chains_and_sets_before_what_refers_to_them() {
     let mut a = table();
     a.chains.truncate(1);
-    a.sets.retain(|s| s.name != "affinity-a/1");
+    a.sets.retain(|s| s.name != "affinity-a/http");
     set_mut(&mut a, "service-ips").elements.clear();
     let changes = diff(&ruleset(a), &ruleset(table()));
     assert_eq!(
@@ -280,7 +292,7 @@ fn a_new_service_creates_chains_and_sets_before_what_refers_to_them() {
             "add chain service-a/http",
             "add chain endpoint-a/1",
             "add chain endpoint-a/2",
-            "add set affinity-a/1",
+            "add set affinity-a/http",
             "add 1 elements to service-ips",
             "add 3 rules to service-a/http",
             "add 2 rules to endpoint-a/1",
@@ -331,22 +343,20 @@ fn an_interval_set_is_flushed_and_refilled() {
 fn a_redefined_set_is_recreated_around_the_rules_that_use_it() {
     let a = table();
     let mut b = table();
-    set_mut(&mut b, "affinity-a/1").timeout_secs = Some(60);
+    set_mut(&mut b, "affinity-a/http").timeout_secs = Some(60);
     let changes = diff(&ruleset(a), &ruleset(b));
-    // The rules are the same, but they hold references to the old set.
+    // The rules are the same, but they hold references to the old map.
     assert_eq!(
         ops(&changes),
         [
             "flush chain service-a/http",
-            "flush chain endpoint-a/1",
-            "delete set affinity-a/1",
-            "add set affinity-a/1",
+            "delete set affinity-a/http",
+            "add set affinity-a/http",
             "add 3 rules to service-a/http",
-            "add 2 rules to endpoint-a/1",
         ]
     );
     assert!(changes.to_nft().contains(
-        "add set ip svcproxy affinity-a/1 { type ipv4_addr; flags dynamic,timeout; timeout 60s; }\n"
+        "add map ip svcproxy affinity-a/http { type ipv4_addr : ipv4_addr . inet_service; flags dynamic,timeout; timeout 60s; }\n"
     ));
 }
 
@@ -393,7 +403,7 @@ fn deferred_mode_keeps_mapped_stale_chains_until_the_next_diff() {
     let a = table();
     let mut b = table();
     b.chains.truncate(1);
-    b.sets.retain(|s| s.name != "affinity-a/1");
+    b.sets.retain(|s| s.name != "affinity-a/http");
     set_mut(&mut b, "service-ips").elements.clear();
     let options = DiffOptions {
         stale_chains: StaleChains::DeferMapped,
@@ -408,7 +418,7 @@ fn deferred_mode_keeps_mapped_stale_chains_until_the_next_diff() {
             "flush chain service-a/http",
             "flush chain endpoint-a/1",
             "flush chain endpoint-a/2",
-            "delete set affinity-a/1",
+            "delete set affinity-a/http",
             "delete chain endpoint-a/1",
             "delete chain endpoint-a/2",
         ]
@@ -431,7 +441,7 @@ fn deferred_mode_keeps_mapped_stale_chains_until_the_next_diff() {
 fn text_of_new_objects() {
     let mut a = table();
     a.chains.truncate(1);
-    a.sets.retain(|s| s.name != "affinity-a/1");
+    a.sets.retain(|s| s.name != "affinity-a/http");
     set_mut(&mut a, "service-ips").elements.clear();
     let mut b = table();
     chain_mut(&mut b, "endpoint-a/2").comment = Some("say \"hi\"".into());
@@ -441,12 +451,12 @@ fn text_of_new_objects() {
 add chain ip svcproxy service-a/http
 add chain ip svcproxy endpoint-a/1
 add chain ip svcproxy endpoint-a/2 { comment \"say 'hi'\"; }
-add set ip svcproxy affinity-a/1 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }
+add map ip svcproxy affinity-a/http { type ipv4_addr : ipv4_addr . inet_service; flags dynamic,timeout; timeout 10800s; }
 add element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 comment \"ns/a:http\" : goto service-a/http }
-add rule ip svcproxy service-a/http ip saddr @affinity-a/1 goto endpoint-a/1
-add rule ip svcproxy service-a/http numgen random mod 2 == 0 goto endpoint-a/1
-add rule ip svcproxy service-a/http goto endpoint-a/2
-add rule ip svcproxy endpoint-a/1 update @affinity-a/1 { ip saddr }
+add rule ip svcproxy service-a/http meta l4proto tcp dnat ip to ip saddr map @affinity-a/http
+add rule ip svcproxy service-a/http numgen random mod 2 == 0 update @affinity-a/http { ip saddr : 10.244.1.10 . 8080 } goto endpoint-a/1
+add rule ip svcproxy service-a/http update @affinity-a/http { ip saddr : 10.244.2.10 . 8080 } goto endpoint-a/2
+add rule ip svcproxy endpoint-a/1 meta mark set meta mark | 0x00004000
 add rule ip svcproxy endpoint-a/1 accept
 add rule ip svcproxy endpoint-a/2 accept
 ";
@@ -457,7 +467,7 @@ add rule ip svcproxy endpoint-a/2 accept
 fn batch_message_counts() {
     let mut a = table();
     a.chains.truncate(1);
-    a.sets.retain(|s| s.name != "affinity-a/1");
+    a.sets.retain(|s| s.name != "affinity-a/http");
     set_mut(&mut a, "service-ips").elements.clear();
     let changes = diff(&ruleset(a), &ruleset(table()));
     // 3 chains, 1 set (no elements: no element message), 1 element message, 6 rules.

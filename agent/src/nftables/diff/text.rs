@@ -3,8 +3,10 @@
 
 use std::fmt::Write;
 
-use svcproxy_compiler::nft::ir::{Chain, Element, MapData, Set};
-use svcproxy_compiler::nft::text::{element_text, key_value_text, render_table, rule_text};
+use svcproxy_compiler::nft::ir::{Chain, Element, Set};
+use svcproxy_compiler::nft::text::{
+    element_text, key_value_text, map_data_text, render_table, rule_text,
+};
 
 use super::{Change, Changes, Op};
 
@@ -112,8 +114,8 @@ fn set_kind(set: &Set) -> &'static str {
 fn set_spec(set: &Set) -> String {
     let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
     let mut spec = format!("{{ type {}", key.join(" . "));
-    if let Some(MapData::Verdict) = set.data {
-        spec.push_str(" : verdict");
+    if let Some(data) = &set.data {
+        let _ = write!(spec, " : {}", map_data_text(data));
     }
     spec.push(';');
     let flags: Vec<&str> = [

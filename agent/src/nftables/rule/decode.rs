@@ -1,8 +1,11 @@
 //! Raising nf_tables expressions back to IR statements.
 
 use ipnet::IpNet;
-use svcproxy_compiler::nft::ir::{AddrField, CmpOp as IrCmpOp, Family, KeyExpr, L4Proto, Stmt};
+use svcproxy_compiler::nft::ir::{
+    AddrField, CmpOp as IrCmpOp, Family, KeyExpr, KeyType, KeyValue, L4Proto, Stmt,
+};
 
+use super::encode::{data_registers, map_port_register};
 use super::{R1, addr_field_at, addr_len, key_expr_type};
 use crate::nftables::error::{Error, Result};
 use crate::nftables::expr::{CmpOp, Data, Expr, MetaKey, PayloadBase};
@@ -107,6 +110,9 @@ impl Decoder<'_> {
                 }
                 if let Some(dnat) = self.dnat(proto, tail) {
                     return Some(dnat.map(|stmt| (stmt, 5)));
+                }
+                if let Some((stmt, used)) = self.dnat_from_map(proto, tail) {
+                    return Some(Ok((stmt, 2 + used)));
                 }
                 self.l4_context = Some(proto);
                 Some(Ok((Stmt::L4Proto(proto), 2)))
@@ -259,18 +265,117 @@ impl Decoder<'_> {
                 };
                 Some(Ok((stmt, 2)))
             }
-            [
+            [Expr::Immediate { .. }, ..] => self.update_map(field, tail),
+            _ => None,
+        }
+    }
+
+    /// After `payload load <address> => reg 1`: `immediate` loads of the datum from
+    /// reg 2 on, then `dynset update reg_key 1 sreg_data 2`.
+    fn update_map(&self, field: AddrField, tail: &[Expr]) -> Step {
+        let mut data = Vec::new();
+        let mut registers = Vec::new();
+        for (i, expr) in tail.iter().enumerate() {
+            match expr {
+                Expr::Immediate {
+                    dreg,
+                    data: Data::Value(bytes),
+                } => {
+                    let ty = match bytes.len() {
+                        2 => KeyType::InetService,
+                        4 => KeyType::Ipv4Addr,
+                        16 => KeyType::Ipv6Addr,
+                        _ => return None,
+                    };
+                    let value = match layout::key_values(&[ty], bytes) {
+                        Ok(mut values) => values.pop()?,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    data.push((ty, value));
+                    registers.push(*dreg);
+                }
                 Expr::DynsetUpdate {
-                    sreg_key: R1, set, ..
-                },
-                ..,
-            ] => Some(Ok((
-                Stmt::UpdateSetWithAddr {
-                    set: set.clone(),
+                    sreg_key: R1,
+                    sreg_data: Some(reg::REG_2),
+                    set,
+                    ..
+                } if !data.is_empty() => {
+                    let (types, data): (Vec<KeyType>, Vec<KeyValue>) = data.into_iter().unzip();
+                    if data_registers(&types) != registers {
+                        return None;
+                    }
+                    let stmt = Stmt::UpdateMap {
+                        map: set.clone(),
+                        field,
+                        data,
+                    };
+                    // The address load, the immediates, the dynset.
+                    return Some(Ok((stmt, i + 2)));
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// After `meta l4proto P`: `payload load <address> => reg 1; lookup reg 1 set M
+    /// dreg 1`, optionally the same into reg 2 from the port map, then `nat dnat` from
+    /// those registers. Returns the statement and the expressions it spans after the
+    /// protocol match.
+    fn dnat_from_map(&self, proto: L4Proto, tail: &[Expr]) -> Option<(Stmt, usize)> {
+        let family = self.family;
+        let addr_load = |expr: &Expr, dreg: u32| match expr {
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset,
+                len,
+                dreg: d,
+            } if *len == addr_len(family) && *d == dreg => addr_field_at(family, *offset),
+            _ => None,
+        };
+        let lookup = |expr: &Expr, register: u32| match expr {
+            Expr::Lookup {
+                sreg,
+                set,
+                dreg: Some(dreg),
+                invert: false,
+                ..
+            } if *sreg == register && *dreg == register => Some(set.clone()),
+            _ => None,
+        };
+        let dnat = |expr: &Expr, proto_reg: u32| {
+            matches!(expr, Expr::Dnat { family: f, addr_reg: R1, proto_reg: p, .. }
+                if *f == nfproto(family) && *p == proto_reg)
+        };
+        let [first, second, rest @ ..] = tail else {
+            return None;
+        };
+        let field = addr_load(first, R1)?;
+        let map = lookup(second, R1)?;
+        match rest {
+            [next, ..] if dnat(next, map_port_register(family)) => Some((
+                Stmt::DnatFromMap {
+                    proto,
                     field,
+                    map,
+                    port_map: None,
                 },
-                2,
-            ))),
+                3,
+            )),
+            [load, port_lookup, next, ..]
+                if addr_load(load, reg::REG_2) == Some(field) && dnat(next, reg::REG_2) =>
+            {
+                let port_map = lookup(port_lookup, reg::REG_2)?;
+                Some((
+                    Stmt::DnatFromMap {
+                        proto,
+                        field,
+                        map,
+                        port_map: Some(port_map),
+                    },
+                    5,
+                ))
+            }
             _ => None,
         }
     }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{
-    AddrField, CmpOp as IrCmpOp, Family, KeyExpr, KeyType, L4Proto, Stmt,
+    AddrField, CmpOp as IrCmpOp, Family, KeyExpr, KeyType, KeyValue, L4Proto, Stmt,
 };
 
 use super::{R1, addr_len, addr_offset, key_expr_type};
@@ -148,14 +148,27 @@ pub(crate) fn encode_stmts(
             Stmt::MarkSetXor(bits) => {
                 out.extend([load_mark(), mark_bitwise(u32::MAX, *bits), set_mark()])
             }
-            Stmt::UpdateSetWithAddr { set, field } => out.extend([
-                load_addr(family, *field),
-                Expr::DynsetUpdate {
+            Stmt::UpdateMap { map, field, data } => {
+                if data.is_empty() {
+                    return Err(Error::encode(format!("update @{map} without data")));
+                }
+                // The key (an address) in reg 1; the data, one immediate per
+                // component, from reg 2 on in nft's concatenation layout.
+                out.push(load_addr(family, *field));
+                let types = data_types(map, data)?;
+                for ((value, ty), dreg) in data.iter().zip(&types).zip(data_registers(&types)) {
+                    out.push(Expr::Immediate {
+                        dreg,
+                        data: Data::Value(layout::key_bytes(&[*ty], std::slice::from_ref(value))?),
+                    });
+                }
+                out.push(Expr::DynsetUpdate {
                     sreg_key: R1,
-                    set: set.clone(),
+                    sreg_data: Some(reg::REG_2),
+                    set: map.clone(),
                     set_id: None,
-                },
-            ]),
+                });
+            }
             Stmt::MasqueradeFullyRandom => out.push(Expr::Masq {
                 flags: ex::masq::F_FULLY_RANDOM,
             }),
@@ -178,6 +191,52 @@ pub(crate) fn encode_stmts(
                         flags: ex::nat::F_PROTO_SPECIFIED,
                     },
                 ]);
+            }
+            Stmt::DnatFromMap {
+                proto,
+                field,
+                map,
+                port_map,
+            } => {
+                out.extend(match_l4proto(*proto));
+                out.extend([
+                    load_addr(family, *field),
+                    Expr::Lookup {
+                        sreg: R1,
+                        set: map.clone(),
+                        set_id: None,
+                        dreg: Some(R1),
+                        invert: false,
+                    },
+                ]);
+                let proto_reg = match port_map {
+                    // `address . port`: the port follows the address in the registers.
+                    None => map_port_register(family),
+                    Some(port_map) => {
+                        out.extend([
+                            Expr::Payload {
+                                base: PayloadBase::Network,
+                                offset: addr_offset(family, *field),
+                                len: addr_len(family),
+                                dreg: reg::REG_2,
+                            },
+                            Expr::Lookup {
+                                sreg: reg::REG_2,
+                                set: port_map.clone(),
+                                set_id: None,
+                                dreg: Some(reg::REG_2),
+                                invert: false,
+                            },
+                        ]);
+                        reg::REG_2
+                    }
+                };
+                out.push(Expr::Dnat {
+                    family: nfproto(family),
+                    addr_reg: R1,
+                    proto_reg,
+                    flags: 0,
+                });
             }
             Stmt::Vmap { key, map } => {
                 if key.is_empty() {
@@ -209,6 +268,36 @@ pub(crate) fn encode_stmts(
         }
     }
     Ok(out)
+}
+
+/// The types of a map datum, from its values (svcproxy's data maps hold addresses
+/// and ports).
+pub(super) fn data_types(map: &str, data: &[KeyValue]) -> Result<Vec<KeyType>> {
+    data.iter()
+        .map(|value| match value {
+            KeyValue::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                Ok(layout::addr_type(Family::of(&net.addr())))
+            }
+            KeyValue::Port(_) => Ok(KeyType::InetService),
+            other => Err(Error::encode(format!(
+                "update @{map}: {other:?} is not an address or a port"
+            ))),
+        })
+        .collect()
+}
+
+/// Where nft puts a map datum: from reg 2 on (the key, at most 16 bytes, has reg 1),
+/// each component in its concatenation slot.
+pub(super) fn data_registers(types: &[KeyType]) -> Vec<u32> {
+    layout::concat_registers(types)
+        .into_iter()
+        .map(|r| layout::shift_register(r, 4))
+        .collect()
+}
+
+/// The register of the port of an `address . port` datum a lookup wrote to reg 1.
+pub(super) fn map_port_register(family: Family) -> u32 {
+    layout::concat_registers(&[layout::addr_type(family), KeyType::InetService])[1]
 }
 
 fn check_family(family: Family, addr: &IpAddr) -> Result<()> {

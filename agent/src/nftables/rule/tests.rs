@@ -1,7 +1,7 @@
 //! Round trips and nft-compatibility checks of statement encoding.
 
 use ipnet::IpNet;
-use svcproxy_compiler::nft::ir::{CmpOp as IrCmpOp, L4Proto, Stmt, Verdict};
+use svcproxy_compiler::nft::ir::{CmpOp as IrCmpOp, KeyValue, L4Proto, Stmt, Verdict};
 
 use super::*;
 use crate::nftables::expr::Expr;
@@ -180,9 +180,16 @@ fn every_other_statement_round_trips() {
             },
             Stmt::MarkSetOr(0x4000),
             Stmt::MarkSetXor(0x4000),
-            Stmt::UpdateSetWithAddr {
-                set: "affinity".into(),
+            Stmt::UpdateMap {
+                map: "affinity".into(),
                 field: AddrField::Saddr,
+                data: vec![KeyValue::Net(net("10.0.0.1/32")), KeyValue::Port(8080)],
+            },
+            Stmt::DnatFromMap {
+                proto: L4Proto::Tcp,
+                field: AddrField::Saddr,
+                map: "affinity".into(),
+                port_map: None,
             },
             Stmt::MasqueradeFullyRandom,
             Stmt::Dnat {
@@ -237,4 +244,117 @@ fn wrong_family_is_an_encode_error() {
 fn unknown_bytecode_is_a_decode_error() {
     let exprs = [Expr::Masq { flags: 0 }];
     assert!(decode_exprs(Family::Ip, &exprs, &|_| None).is_err());
+}
+
+/// ClientIP affinity, as `nft --debug=netlink` shows nft 1.0.6 encoding it.
+#[test]
+fn affinity_maps_use_nfts_registers() {
+    let v4 = encode(
+        Family::Ip,
+        &[
+            Stmt::UpdateMap {
+                map: "m".into(),
+                field: AddrField::Saddr,
+                data: vec![KeyValue::Net(net("10.0.0.1/32")), KeyValue::Port(8080)],
+            },
+            Stmt::DnatFromMap {
+                proto: L4Proto::Tcp,
+                field: AddrField::Saddr,
+                map: "m".into(),
+                port_map: None,
+            },
+        ],
+    );
+    // [ payload load 4b @ network header + 12 => reg 1 ]
+    // [ immediate reg 2 0x0100000a ] [ immediate reg 13 0x0000901f ]
+    // [ dynset update reg_key 1 set m sreg_data 2 ]
+    // [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x06 ]
+    // [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set m dreg 1 ]
+    // [ nat dnat ip addr_min reg 1 proto_min reg 9 ]
+    assert!(matches!(v4[1], Expr::Immediate { dreg: 2, .. }), "{v4:?}");
+    assert!(matches!(v4[2], Expr::Immediate { dreg: 13, .. }), "{v4:?}");
+    assert!(
+        matches!(
+            v4[3],
+            Expr::DynsetUpdate {
+                sreg_key: 1,
+                sreg_data: Some(2),
+                ..
+            }
+        ),
+        "{v4:?}"
+    );
+    assert!(
+        matches!(
+            v4[7],
+            Expr::Lookup {
+                sreg: 1,
+                dreg: Some(1),
+                ..
+            }
+        ),
+        "{v4:?}"
+    );
+    assert!(
+        matches!(
+            v4[8],
+            Expr::Dnat {
+                addr_reg: 1,
+                proto_reg: 9,
+                flags: 0,
+                ..
+            }
+        ),
+        "{v4:?}"
+    );
+
+    // IPv6: address and port in two maps.
+    let stmts = vec![
+        Stmt::DnatFromMap {
+            proto: L4Proto::Udp,
+            field: AddrField::Saddr,
+            map: "a".into(),
+            port_map: Some("p".into()),
+        },
+        Stmt::UpdateMap {
+            map: "a".into(),
+            field: AddrField::Saddr,
+            data: vec![KeyValue::Net(net("fd00::1/128"))],
+        },
+        Stmt::UpdateMap {
+            map: "p".into(),
+            field: AddrField::Saddr,
+            data: vec![KeyValue::Port(53)],
+        },
+        Stmt::Dnat {
+            proto: L4Proto::Udp,
+            addr: "fd00::1".parse().unwrap(),
+            port: 53,
+        },
+    ];
+    let v6 = encode(Family::Ip6, &stmts);
+    // [ payload load 16b => reg 2 ] [ lookup reg 2 set p dreg 2 ]
+    // [ nat dnat ip6 addr_min reg 1 proto_min reg 2 ]
+    assert!(matches!(v6[4], Expr::Payload { dreg: 2, .. }), "{v6:?}");
+    assert!(
+        matches!(
+            v6[6],
+            Expr::Dnat {
+                addr_reg: 1,
+                proto_reg: 2,
+                ..
+            }
+        ),
+        "{v6:?}"
+    );
+    round_trip(Family::Ip6, stmts);
+    // An IPv6 `address . port` datum (which nft 1.0.6 cannot write) still round trips.
+    round_trip(
+        Family::Ip6,
+        vec![Stmt::UpdateMap {
+            map: "m".into(),
+            field: AddrField::Saddr,
+            data: vec![KeyValue::Net(net("fd00::1/128")), KeyValue::Port(80)],
+        }],
+    );
 }
