@@ -17,27 +17,74 @@ const NAME_MAX: usize = 255;
 const PREFIX_MAX: usize = 16;
 
 pub fn service_chain(id: &ServicePortId) -> String {
-    format!("service-{}", port_base(id))
+    PortNames::new(id).service_chain()
 }
 
 pub fn local_chain(id: &ServicePortId) -> String {
-    format!("local-{}", port_base(id))
+    PortNames::new(id).local_chain()
 }
 
 pub fn external_chain(id: &ServicePortId) -> String {
-    format!("external-{}", port_base(id))
+    PortNames::new(id).external_chain()
 }
 
 pub fn firewall_chain(id: &ServicePortId) -> String {
-    format!("firewall-{}", port_base(id))
+    PortNames::new(id).firewall_chain()
 }
 
 pub fn endpoint_chain(id: &ServicePortId, endpoint: &Endpoint) -> String {
-    format!("endpoint-{}", endpoint_base(id, endpoint))
+    EndpointNames::new(id, endpoint).chain
 }
 
 pub fn affinity_set(id: &ServicePortId, endpoint: &Endpoint) -> String {
-    format!("affinity-{}", endpoint_base(id, endpoint))
+    EndpointNames::new(id, endpoint).affinity_set
+}
+
+/// The names of one service port's chains, from one hash: a layout names each of them
+/// several times (map elements, jumps, the chain itself).
+pub struct PortNames {
+    base: String,
+}
+
+impl PortNames {
+    pub fn new(id: &ServicePortId) -> PortNames {
+        PortNames {
+            base: port_base(id),
+        }
+    }
+
+    pub fn service_chain(&self) -> String {
+        format!("service-{}", self.base)
+    }
+
+    pub fn local_chain(&self) -> String {
+        format!("local-{}", self.base)
+    }
+
+    pub fn external_chain(&self) -> String {
+        format!("external-{}", self.base)
+    }
+
+    pub fn firewall_chain(&self) -> String {
+        format!("firewall-{}", self.base)
+    }
+}
+
+/// The names of one endpoint's chain and affinity set, from one hash.
+#[derive(Debug, Clone)]
+pub struct EndpointNames {
+    pub chain: String,
+    pub affinity_set: String,
+}
+
+impl EndpointNames {
+    pub fn new(id: &ServicePortId, endpoint: &Endpoint) -> EndpointNames {
+        let base = endpoint_base(id, endpoint);
+        EndpointNames {
+            chain: format!("endpoint-{base}"),
+            affinity_set: format!("affinity-{base}"),
+        }
+    }
 }
 
 /// Is this one of the per-service names (as opposed to the fixed skeleton)? Only

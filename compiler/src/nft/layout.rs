@@ -27,7 +27,7 @@
 //!   LoadBalancer IP of a Local-policy service without local endpoints are
 //!   short-circuited to the cluster endpoints, as the policy says, instead of dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -94,6 +94,9 @@ struct TableBuilder<'a> {
     family: Family,
     sets: Vec<Set>,
     chains: Vec<Chain>,
+    /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
+    /// endpoints, so they are collected once each and become elements at the end.
+    hairpin: BTreeSet<IpAddr>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -103,12 +106,23 @@ impl<'a> TableBuilder<'a> {
             family: fp.family,
             sets: Vec::new(),
             chains: Vec::new(),
+            hairpin: BTreeSet::new(),
         }
     }
 
     fn finish(mut self) -> Table {
+        let hairpin = std::mem::take(&mut self.hairpin);
+        if let Some(set) = self.sets.iter_mut().find(|s| s.name == HAIRPIN_ENDPOINTS) {
+            set.elements.extend(hairpin.into_iter().map(|ip| Element {
+                key: vec![net(ip), net(ip)],
+                verdict: None,
+                comment: None,
+            }));
+        }
         for set in &mut self.sets {
-            set.elements.sort();
+            // Elements that compare equal are identical (the order covers every
+            // field), so an unstable sort gives the same result, faster.
+            set.elements.sort_unstable();
             set.elements.dedup();
         }
         Table {
@@ -360,9 +374,10 @@ impl<'a> TableBuilder<'a> {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
         };
+        let port_names = names::PortNames::new(id);
         let pool_chain = |pool: Pool| match pool {
-            Pool::Cluster => names::service_chain(id),
-            Pool::Local => names::local_chain(id),
+            Pool::Cluster => port_names.service_chain(),
+            Pool::Local => port_names.local_chain(),
         };
 
         self.element(CLUSTER_IPS, vec![net(sp.cluster_ip)], None, None);
@@ -386,7 +401,7 @@ impl<'a> TableBuilder<'a> {
 
         // External traffic: externalIPs, LoadBalancer IPs, the NodePort.
         if let Some(external) = &sp.external {
-            let external_chain = names::external_chain(id);
+            let external_chain = port_names.external_chain();
             let forwards = matches!(external.disposition, Disposition::Forward(_));
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
@@ -408,7 +423,7 @@ impl<'a> TableBuilder<'a> {
                 }
             }
             if let Some(firewall) = &external.firewall {
-                let chain = names::firewall_chain(id);
+                let chain = port_names.firewall_chain();
                 let stmts = if firewall.allowed.is_empty() {
                     vec![Stmt::Verdict(Verdict::Drop)]
                 } else {
@@ -449,7 +464,7 @@ impl<'a> TableBuilder<'a> {
             if sp.has_endpoints {
                 let mut rules = Vec::new();
                 if external.policy_local {
-                    let service_chain = names::service_chain(id);
+                    let service_chain = port_names.service_chain();
                     if !self.fp.cluster_cidrs.is_empty() {
                         rules.push(commented(
                             vec![
@@ -486,37 +501,59 @@ impl<'a> TableBuilder<'a> {
         }
 
         // The pool chains pick an endpoint; the endpoint chains DNAT.
+        let reachable = sp.reachable_endpoints();
+        // An affinity endpoint's names appear in both pools and in its own chain: one
+        // hash each.
+        let endpoint_names: BTreeMap<(IpAddr, u16), names::EndpointNames> =
+            if sp.affinity_timeout.is_some() {
+                reachable
+                    .iter()
+                    .map(|e| ((e.ip, e.port), names::EndpointNames::new(id, e)))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+        let names_of = |e: &Endpoint| {
+            endpoint_names
+                .get(&(e.ip, e.port))
+                .map_or_else(|| names::EndpointNames::new(id, e), Clone::clone)
+        };
         for pool in [Pool::Cluster, Pool::Local] {
             if !sp.uses_pool(pool) {
                 continue;
             }
-            let mut rules = Vec::new();
+            let endpoints = sp.endpoints(pool);
+            let affinity_rules = if sp.affinity_timeout.is_some() {
+                endpoints.len()
+            } else {
+                0
+            };
+            let mut rules = Vec::with_capacity(1 + affinity_rules + endpoints.len());
             if sp.internal == Disposition::Forward(pool) {
                 if let Some(masq) = self.masquerade_rule(sp) {
                     rules.push(masq);
                 }
             }
-            let endpoints = sp.endpoints(pool);
             if sp.affinity_timeout.is_some() {
                 for endpoint in endpoints {
+                    let names = names_of(endpoint);
                     rules.push(rule(vec![
                         Stmt::AddrInSet {
                             field: AddrField::Saddr,
                             op: CmpOp::Eq,
-                            set: names::affinity_set(id, endpoint),
+                            set: names.affinity_set,
                         },
-                        goto(&names::endpoint_chain(id, endpoint)),
+                        goto(&names.chain),
                     ]));
                 }
             }
-            rules.extend(random_choice(sp, endpoints));
+            rules.extend(random_choice(sp, endpoints, &names_of));
             self.chain(&pool_chain(pool), rules);
         }
-        for endpoint in sp.reachable_endpoints() {
-            let hairpin = vec![net(endpoint.ip), net(endpoint.ip)];
-            self.element(HAIRPIN_ENDPOINTS, hairpin, None, None);
+        for endpoint in reachable {
+            self.hairpin.insert(endpoint.ip);
             if sp.affinity_timeout.is_some() {
-                self.endpoint(sp, endpoint);
+                self.endpoint(sp, endpoint, names_of(endpoint));
             }
         }
     }
@@ -550,11 +587,11 @@ impl<'a> TableBuilder<'a> {
     /// The chain of one endpoint of a ClientIP-affinity service port: it records the
     /// client in the endpoint's affinity set, then DNATs. (Hairpin masquerade is the
     /// `hairpin-endpoints` set's job, in postrouting.)
-    fn endpoint(&mut self, sp: &ServicePortPlan, endpoint: &Endpoint) {
+    fn endpoint(&mut self, sp: &ServicePortPlan, endpoint: &Endpoint, names: names::EndpointNames) {
         let id = &sp.id;
         let mut rules = Vec::new();
         if let Some(timeout) = sp.affinity_timeout {
-            let set_name = names::affinity_set(id, endpoint);
+            let set_name = names.affinity_set;
             self.sets.push(Set {
                 name: set_name.clone(),
                 key: vec![self.family.addr_type()],
@@ -578,7 +615,7 @@ impl<'a> TableBuilder<'a> {
             addr: endpoint.ip,
             port: endpoint.port,
         }]));
-        self.chain(&names::endpoint_chain(id, endpoint), rules);
+        self.chain(&names.chain, rules);
     }
 
     // ----- small builders -----
@@ -645,7 +682,11 @@ impl<'a> TableBuilder<'a> {
 /// connection with probability 1/(n-i), so every endpoint gets 1/n; the last rule
 /// takes what is left. Each rule DNATs to its endpoint itself, so that a service needs
 /// no chain per endpoint (ClientIP affinity keeps them: they record the client first).
-fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint]) -> Vec<Rule> {
+fn random_choice(
+    sp: &ServicePortPlan,
+    endpoints: &[Endpoint],
+    names_of: &dyn Fn(&Endpoint) -> names::EndpointNames,
+) -> Vec<Rule> {
     let id = &sp.id;
     let n = endpoints.len();
     endpoints
@@ -653,7 +694,7 @@ fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint]) -> Vec<Rule> {
         .enumerate()
         .map(|(i, endpoint)| {
             let target = if sp.affinity_timeout.is_some() {
-                goto(&names::endpoint_chain(id, endpoint))
+                goto(&names_of(endpoint).chain)
             } else {
                 Stmt::Dnat {
                     proto: id.protocol,
