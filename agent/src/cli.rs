@@ -125,7 +125,7 @@ fn compile(
         Ok(sources) => sources,
         Err(e) => return invalid(err, &e.to_string()),
     };
-    let plan = match svcproxy_compiler::plan(&sources, &options) {
+    let plan = match svcproxy_compiler::plan_owned(sources, &options) {
         Ok(plan) => plan,
         Err(e) => return invalid(err, &e.to_string()),
     };

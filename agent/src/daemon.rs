@@ -185,7 +185,7 @@ impl Agent {
 
     fn compile(&self) -> anyhow::Result<Desired> {
         let sources = self.source.read().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let plan = svcproxy_compiler::plan(&sources, &self.config.options)?;
+        let plan = svcproxy_compiler::plan_owned(sources, &self.config.options)?;
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }

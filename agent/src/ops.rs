@@ -49,8 +49,8 @@ pub(crate) fn compile(
     let options = node.options();
     let sources = crate::source::read_sources(&snapshot.snapshots, options.max_input_bytes)
         .map_err(|e| invalid(err, &e.to_string()))?;
-    let plan =
-        svcproxy_compiler::plan(&sources, &options).map_err(|e| invalid(err, &e.to_string()))?;
+    let plan = svcproxy_compiler::plan_owned(sources, &options)
+        .map_err(|e| invalid(err, &e.to_string()))?;
     for warning in &plan.warnings {
         let _ = writeln!(err, "warning: {warning}");
     }

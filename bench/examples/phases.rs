@@ -1,40 +1,240 @@
 //! Where compile time goes, phase by phase (a profiling aid).
-use std::time::Instant;
+//!
+//! `cargo run --release -p svcproxy-bench --example phases -- SERVICES ENDPOINTS [RUNS]`
+//!
+//! Prints, per phase, the median over RUNS (default 7) of the wall time and of the
+//! thread's CPU time: on a shared machine the CPU time is the steadier of the two.
 
+/// The allocator the `svcproxy` binary uses, so the figures are the product's, with
+/// a count of the bytes allocated (`--rss` prints it per step).
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+impl Counting {
+    fn add(size: usize) {
+        let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to mimalloc unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Counting::add(layout.size());
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Counting::add(layout.size());
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Counting::add(new_size);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Live and peak allocated bytes (MB), and the process's peak RSS (MB).
+fn memory(step: &str) {
+    let mb = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "{step:<32} live {:>6.0} MB  peak live {:>6.0} MB  peak RSS {:>6.0} MB",
+        mb(LIVE.load(Ordering::Relaxed)),
+        mb(PEAK.load(Ordering::Relaxed)),
+        peak_mb()
+    );
+}
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use svcproxy_bench::{compile_parsed, compile_ruleset};
 use svcproxy_compiler::synth::{self, Spec};
 use svcproxy_compiler::{allocate, input, model, nft, plan};
 
+/// This thread's CPU time so far.
+fn cpu_now() -> Duration {
+    // SAFETY: clock_gettime fills the struct it is given.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `f`, returning its value and (wall, cpu) time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, (Duration, Duration)) {
+    let (wall, cpu) = (Instant::now(), cpu_now());
+    let value = f();
+    (value, (wall.elapsed(), cpu_now() - cpu))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Peak RSS of the process so far, in MB.
+fn peak_mb() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// `--rss`: one pass through the product's path (`svcproxy_compiler::plan_owned`, step by
+/// step), printing the memory after each step, in a fresh process.
+fn rss_trace(services: usize, endpoints: usize) {
+    let snapshot = synth::generate(&Spec::new(services, endpoints));
+    println!("{} MB of JSON", snapshot.source.text.len() >> 20);
+    memory("generated");
+    let node = synth::node_context();
+    let mut builder = model::SnapshotBuilder::default();
+    input::parse_source_into(&snapshot.source, &mut |o| builder.add(o)).expect("parses");
+    memory("parsed and converted");
+    drop(snapshot);
+    memory("text dropped");
+    let mut snap = builder.finish().expect("valid");
+    memory("snapshot");
+    let allocated =
+        allocate::allocate(std::mem::take(&mut snap.services), &node).expect("allocates");
+    memory("allocated");
+    let families = plan::build(&snap, &allocated.services, &node);
+    memory("planned");
+    let p = svcproxy_compiler::Plan {
+        families,
+        allocations: Vec::new(),
+        warnings: Vec::new(),
+    };
+    drop((snap, allocated));
+    memory("snapshot dropped");
+    let rules = nft::ruleset(&p);
+    memory("ruleset");
+    if std::env::var_os("SIZES").is_some() {
+        use svcproxy_compiler::nft::ir::*;
+        println!(
+            "sizes: Stmt {} Rule {} Chain {} Element {} KeyValue {} Verdict {} Endpoint {} ServicePortPlan {}",
+            size_of::<Stmt>(),
+            size_of::<Rule>(),
+            size_of::<Chain>(),
+            size_of::<Element>(),
+            size_of::<KeyValue>(),
+            size_of::<Verdict>(),
+            size_of::<svcproxy_compiler::endpoints::Endpoint>(),
+            size_of::<plan::ServicePortPlan>()
+        );
+        for t in &rules.tables {
+            let rules_n: usize = t.chains.iter().map(|c| c.rules.len()).sum();
+            let stmts: usize = t
+                .chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .map(|r| r.stmts.len())
+                .sum();
+            println!(
+                "table {:?}: {} chains, {rules_n} rules, {stmts} stmts, {} sets",
+                t.family,
+                t.chains.len(),
+                t.sets.len()
+            );
+            for set in t.sets.iter().filter(|s| s.elements.len() > 1000) {
+                println!(
+                    "  set {}: {} elements (capacity {})",
+                    set.name,
+                    set.elements.len(),
+                    set.elements.capacity()
+                );
+            }
+        }
+        for f in &p.families {
+            let cl: usize = f.ports.iter().map(|p| p.cluster_endpoints.len()).sum();
+            let lo: usize = f.ports.iter().map(|p| p.local_endpoints.len()).sum();
+            println!(
+                "plan {:?}: {} ports, endpoints cluster {cl} local {lo}",
+                f.family,
+                f.ports.len()
+            );
+        }
+    }
+    drop(rules);
+}
+
 fn main() {
-    let services = std::env::args()
-        .nth(1)
-        .map_or(10_000, |s| s.parse().unwrap());
-    let endpoints = std::env::args().nth(2).map_or(10, |s| s.parse().unwrap());
+    if std::env::args().any(|a| a == "--rss") {
+        let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse().ok());
+        let services = numbers.next().unwrap_or(50_000);
+        let endpoints = numbers.next().unwrap_or(5);
+        return rss_trace(services, endpoints);
+    }
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .map_or(default, |s| s.parse().expect("a number"))
+    };
+    let (services, endpoints, runs) = (arg(1, 10_000), arg(2, 10), arg(3, 7));
     let snapshot = synth::generate(&Spec::new(services, endpoints));
     let node = synth::node_context();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let objects = input::parse_source(&snapshot.source).unwrap();
-        let parsed = t.elapsed();
-        let t = Instant::now();
-        let snap = model::Snapshot::from_objects(objects).unwrap();
-        let modelled = t.elapsed();
-        let t = Instant::now();
-        let allocated = allocate::allocate(snap.services.clone(), &node).unwrap();
-        let alloc = t.elapsed();
-        let t = Instant::now();
-        let families = plan::build(&snap, &allocated.services, &node);
-        let planned = t.elapsed();
+    let phases = [
+        "parse (text -> objects)",
+        "model (objects -> snapshot)",
+        "allocate",
+        "plan",
+        "ruleset (plan -> IR)",
+        "parsed objects -> IR (compile_parsed)",
+        "text -> IR (compile_ruleset)",
+    ];
+    let mut samples: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); phases.len()];
+    let mut chains = 0;
+    for _ in 0..runs {
+        let (objects, t) = timed(|| input::parse_source(&snapshot.source).expect("parses"));
+        samples[0].push(t);
+        let (snap, t) = timed(|| model::Snapshot::from_objects(objects).expect("valid"));
+        samples[1].push(t);
+        let (allocated, t) = timed(|| allocate::allocate(snap.services.clone(), &node));
+        let allocated = allocated.expect("allocates");
+        samples[2].push(t);
+        let (families, t) = timed(|| plan::build(&snap, &allocated.services, &node));
+        samples[3].push(t);
         let p = svcproxy_compiler::Plan {
             families,
             allocations: Vec::new(),
             warnings: Vec::new(),
         };
-        let t = Instant::now();
-        let rules = nft::ruleset(&p);
-        let rendered = t.elapsed();
-        println!(
-            "parse {parsed:?} model {modelled:?} allocate {alloc:?} plan {planned:?} ruleset {rendered:?} ({} chains)",
-            rules.tables.iter().map(|t| t.chains.len()).sum::<usize>()
-        );
+        let (rules, t) = timed(|| nft::ruleset(&p));
+        samples[4].push(t);
+        chains = rules.tables.iter().map(|t| t.chains.len()).sum::<usize>();
+        drop((rules, p, allocated, snap));
+
+        let objects = input::parse_source(&snapshot.source).expect("parses");
+        let (rules, t) = timed(|| compile_parsed(objects));
+        samples[5].push(t);
+        drop(rules);
+        let (rules, t) = timed(|| compile_ruleset(&snapshot.source));
+        samples[6].push(t);
+        drop(rules);
+    }
+    println!(
+        "{services} services x {endpoints} endpoints, {} MB of JSON, {chains} chains; median of {runs}",
+        snapshot.source.text.len() >> 20
+    );
+    println!("{:<40} {:>12} {:>12}", "phase", "wall", "cpu");
+    for (name, s) in phases.iter().zip(samples) {
+        let wall = median(s.iter().map(|t| t.0).collect());
+        let cpu = median(s.iter().map(|t| t.1).collect());
+        println!("{name:<40} {:>12.1?} {:>12.1?}", wall, cpu);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use svcproxy_compiler::input::Source;
+use svcproxy_compiler::input::{Located, Object, Source};
 use svcproxy_compiler::nft::ir::Ruleset;
 use svcproxy_compiler::synth::{self, ServiceShape, Spec};
 use svcproxy_compiler::{Options, Plan};
@@ -27,6 +27,26 @@ pub fn compile_plan(source: &Source) -> Plan {
 /// Snapshot text to the nftables IR: the compile figure.
 pub fn compile_ruleset(source: &Source) -> Ruleset {
     svcproxy_compiler::nft::ruleset(&compile_plan(source))
+}
+
+/// Snapshot text to the nftables IR, the text dropped once parsed (as the agent does):
+/// the memory figure.
+pub fn compile_ruleset_owned(source: Source) -> Ruleset {
+    let plan = svcproxy_compiler::plan_owned(vec![source], &options())
+        .expect("generated snapshots compile");
+    svcproxy_compiler::nft::ruleset(&plan)
+}
+
+/// Parsed objects to the nftables IR: the compile figure without the parsing.
+pub fn compile_parsed(objects: Vec<Located<Object>>) -> Ruleset {
+    let plan =
+        svcproxy_compiler::plan_objects(objects, &options()).expect("generated snapshots compile");
+    svcproxy_compiler::nft::ruleset(&plan)
+}
+
+/// Snapshot text to objects, as [`compile_parsed`] takes them.
+pub fn parse(source: &Source) -> Vec<Located<Object>> {
+    svcproxy_compiler::input::parse_source(source).expect("generated snapshots parse")
 }
 
 /// Adding endpoints to one Service of a generated cluster: the objects a watch event

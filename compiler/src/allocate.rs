@@ -6,7 +6,7 @@
 //! linearly on collision. Explicit values are reserved first, and Services are processed
 //! in name order, so the same snapshot always gets the same addresses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -70,15 +70,20 @@ pub fn allocate(
     }
 
     // 2. Reserve explicit ClusterIPs and NodePorts; two owners of one value is a conflict.
-    let mut ip_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut port_owner: BTreeMap<u16, String> = BTreeMap::new();
-    for service in kept.iter().filter(|s| s.is_proxied()) {
+    // Owners are indices into `kept`: a name string per reserved value was most of
+    // this step's time, and the names are only needed for a conflict's message.
+    let mut ip_owner: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut port_owner: BTreeMap<u16, usize> = BTreeMap::new();
+    for (index, service) in kept.iter().enumerate().filter(|(_, s)| s.is_proxied()) {
         for ip in &service.cluster_ips {
-            if let Some(other) = ip_owner.insert(*ip, service.name.to_string()) {
+            if let Some(other) = ip_owner.insert(*ip, index) {
                 fatal.push(conflict(
                     service,
                     "spec.clusterIP",
-                    format!("clusterIP {ip} is also used by Service {other}"),
+                    format!(
+                        "clusterIP {ip} is also used by Service {}",
+                        kept[other].name
+                    ),
                 ));
             }
         }
@@ -89,19 +94,21 @@ pub fn allocate(
             let Some(node_port) = port.node_port else {
                 continue;
             };
-            let owner = service.name.to_string();
             // A NodePort is one number on the node, whatever the protocol: two
             // services cannot share it (one Service may, for TCP and UDP).
             match port_owner.get(&node_port) {
-                Some(other) if *other != owner => {
+                Some(&other) if other != index => {
                     fatal.push(conflict(
                         service,
                         &format!("spec.ports[{i}].nodePort"),
-                        format!("nodePort {node_port} is also used by Service {other}"),
+                        format!(
+                            "nodePort {node_port} is also used by Service {}",
+                            kept[other].name
+                        ),
                     ));
                 }
                 _ => {
-                    port_owner.insert(node_port, owner);
+                    port_owner.insert(node_port, index);
                 }
             }
         }
@@ -111,8 +118,8 @@ pub fn allocate(
     }
 
     // 3. Allocate what is missing, in name order.
-    let mut result = Vec::new();
-    for mut service in kept {
+    let mut result = Vec::with_capacity(kept.len());
+    for (index, mut service) in kept.into_iter().enumerate() {
         if !service.is_proxied() {
             result.push(service);
             continue;
@@ -135,7 +142,7 @@ pub fn allocate(
             };
             match allocate_ip(&service.name.to_string(), cidr, &ip_owner) {
                 Some(ip) => {
-                    ip_owner.insert(ip, service.name.to_string());
+                    ip_owner.insert(ip, index);
                     service.cluster_ips.push(ip);
                     allocations.push(Allocation {
                         service: service.name.to_string(),
@@ -166,7 +173,7 @@ pub fn allocate(
                     failed = Some("the NodePort range 30000-32767 is full".to_string());
                     break;
                 };
-                port_owner.insert(node_port, name.clone());
+                port_owner.insert(node_port, index);
                 port.node_port = Some(node_port);
                 allocations.push(Allocation {
                     service: name.clone(),
@@ -306,7 +313,7 @@ fn stable_hash(key: &str) -> u64 {
 /// Picks a free address in `cidr`, never the network address (nor, for IPv4, the
 /// broadcast address) nor the first host, which clusters give to the `kubernetes`
 /// Service.
-fn allocate_ip(key: &str, cidr: IpNet, taken: &BTreeMap<IpAddr, String>) -> Option<IpAddr> {
+fn allocate_ip<V>(key: &str, cidr: IpNet, taken: &BTreeMap<IpAddr, V>) -> Option<IpAddr> {
     let host_bits = u32::from(cidr.max_prefix_len() - cidr.prefix_len());
     // Usable offsets are 2..size-1 (IPv4) or 2..size (IPv6); cap the space at 2^63.
     let size: u128 = if host_bits >= 63 {
@@ -340,14 +347,13 @@ fn allocate_ip(key: &str, cidr: IpNet, taken: &BTreeMap<IpAddr, String>) -> Opti
     None
 }
 
-fn allocate_port(key: &str, taken: &BTreeMap<u16, String>) -> Option<u16> {
+fn allocate_port<V>(key: &str, taken: &BTreeMap<u16, V>) -> Option<u16> {
     let first = *NODE_PORT_RANGE.start();
     let count = u64::from(*NODE_PORT_RANGE.end() - first) + 1;
     let start = stable_hash(key) % count;
-    let used: BTreeSet<u16> = taken.keys().copied().collect();
     (0..count)
         .map(|step| first + ((start + step) % count) as u16)
-        .find(|port| !used.contains(port))
+        .find(|port| !taken.contains_key(port))
 }
 
 #[cfg(test)]
@@ -373,13 +379,13 @@ mod tests {
         // /30: .0 network, .1 reserved, .3 broadcast: only .2 is allocatable.
         let ip = allocate_ip("a/b", cidr, &taken).unwrap();
         assert_eq!(ip.to_string(), "10.96.0.2");
-        taken.insert(ip, "a/b".into());
+        taken.insert(ip, "a/b".to_string());
         assert_eq!(allocate_ip("c/d", cidr, &taken), None);
     }
 
     #[test]
     fn node_ports_stay_in_range() {
-        let port = allocate_port("default/web/http/tcp", &BTreeMap::new()).unwrap();
+        let port = allocate_port("default/web/http/tcp", &BTreeMap::<u16, ()>::new()).unwrap();
         assert!(NODE_PORT_RANGE.contains(&port));
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use crate::model::{EndpointGroup, PodSpec, ServicePortSpec, ServiceSpec, Snapshot, TargetPort};
 use crate::nft::ir::Family;
@@ -19,14 +20,24 @@ use crate::node::NodeContext;
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
-    pub node_name: Option<String>,
+    /// Shared with the model and every other endpoint on the node: the plan copies
+    /// endpoints into its pools, and each copy used to allocate its own string.
+    pub node_name: Option<Arc<str>>,
     /// On this node (`nodeName` equals `--node-name`).
     pub is_local: bool,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    /// Shared with the model (and, when empty, with every endpoint): an endpoint is
+    /// copied into each pool of the plan.
+    pub zone_hints: Arc<BTreeSet<String>>,
+    pub node_hints: Arc<BTreeSet<String>>,
+}
+
+/// The hints of an endpoint that has none, shared: no allocation per endpoint.
+pub fn no_hints() -> Arc<BTreeSet<String>> {
+    static EMPTY: OnceLock<Arc<BTreeSet<String>>> = OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::new(BTreeSet::new())))
 }
 
 impl Endpoint {
@@ -139,8 +150,8 @@ fn from_groups(
                 ready: endpoint.ready,
                 serving: endpoint.serving,
                 terminating: endpoint.terminating,
-                zone_hints: endpoint.zone_hints.clone(),
-                node_hints: endpoint.node_hints.clone(),
+                zone_hints: Arc::clone(&endpoint.zone_hints),
+                node_hints: Arc::clone(&endpoint.node_hints),
             });
         }
     }
@@ -181,8 +192,8 @@ fn from_pod(
             ready,
             serving,
             terminating: pod.terminating,
-            zone_hints: BTreeSet::new(),
-            node_hints: BTreeSet::new(),
+            zone_hints: no_hints(),
+            node_hints: no_hints(),
         });
     }
 }

@@ -1,12 +1,15 @@
 //! Diagnostics: every problem names where it was found (file, document, object, field).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Where an object came from: a file, the document inside it, and for `kind: List`,
 /// the item inside the list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Origin {
-    pub file: String,
+    /// Shared by every object of the file: each object, slice and diagnostic keeps
+    /// its origin.
+    pub file: Arc<str>,
     /// 1-based document number in a multi-document YAML stream.
     pub document: usize,
     /// Index inside `items` of a `kind: List` document.

@@ -39,22 +39,34 @@ pub struct Located<T> {
 
 /// Parses every document of one source. All structural errors are collected.
 pub fn parse_source(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+    let mut objects = Vec::new();
+    parse_source_into(source, &mut |object| objects.push(object))?;
+    Ok(objects)
+}
+
+/// Parses every document of one source, handing each object to `sink` as soon as it is
+/// typed, so that the caller can convert it and drop it before the next one is read.
+/// All structural errors are collected; objects read before an error still reach the
+/// sink.
+pub fn parse_source_into(
+    source: &Source,
+    sink: &mut dyn FnMut(Located<Object>),
+) -> Result<(), Vec<Diagnostic>> {
     if looks_like_json(source) {
-        return raw::parse_json(source);
+        return raw::parse_json(source, sink);
     }
     let documents = split_documents(source)?;
-    let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (index, document) in documents.into_iter().enumerate() {
         let origin = Origin {
-            file: source.name.clone(),
+            file: source.name.as_str().into(),
             document: index + 1,
             item: None,
         };
-        read_document(document, &origin, None, &mut objects, &mut errors);
+        read_document(document, &origin, None, sink, &mut errors);
     }
     if errors.is_empty() {
-        Ok(objects)
+        Ok(())
     } else {
         Err(errors)
     }
@@ -63,7 +75,7 @@ pub fn parse_source(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnos
 /// Splits a source into documents: a JSON value or stream, or a YAML stream.
 fn split_documents(source: &Source) -> Result<Vec<Value>, Vec<Diagnostic>> {
     let origin = Origin {
-        file: source.name.clone(),
+        file: source.name.as_str().into(),
         document: 0,
         item: None,
     };
@@ -111,13 +123,13 @@ fn yaml_options(text: &str) -> serde_saphyr::Options {
     options
 }
 
-/// Reads one document (or list item) into `objects`. `list_kind` is the item kind
+/// Reads one document (or list item), handing its objects to `sink`. `list_kind` is the item kind
 /// implied by a typed list (`ServiceList` items carry no `kind` of their own).
 fn read_document(
     value: Value,
     origin: &Origin,
     list_kind: Option<(&str, &str)>,
-    objects: &mut Vec<Located<Object>>,
+    sink: &mut dyn FnMut(Located<Object>),
     errors: &mut Vec<Diagnostic>,
 ) {
     let Value::Object(map) = &value else {
@@ -154,7 +166,7 @@ fn read_document(
                 ..origin.clone()
             };
             let implied = item_kind.map(|k| (k, api_version.as_str()));
-            read_document(item, &item_origin, implied, objects, errors);
+            read_document(item, &item_origin, implied, sink, errors);
         }
         return;
     }
@@ -173,7 +185,7 @@ fn read_document(
         }
     };
     match typed {
-        Ok(object) => objects.push(Located {
+        Ok(object) => sink(Located {
             origin: origin.clone(),
             object,
         }),
@@ -253,9 +265,12 @@ mod raw {
         raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
     }
 
-    pub(super) fn parse_json(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+    pub(super) fn parse_json(
+        source: &Source,
+        sink: &mut dyn FnMut(Located<Object>),
+    ) -> Result<(), Vec<Diagnostic>> {
         let origin = Origin {
-            file: source.name.clone(),
+            file: source.name.as_str().into(),
             document: 0,
             item: None,
         };
@@ -263,7 +278,6 @@ mod raw {
             .into_iter::<&RawValue>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| vec![Diagnostic::new(&origin, format!("malformed JSON: {e}"))])?;
-        let mut objects = Vec::new();
         let mut errors = Vec::new();
         for (index, document) in documents
             .into_iter()
@@ -271,14 +285,14 @@ mod raw {
             .enumerate()
         {
             let origin = Origin {
-                file: source.name.clone(),
+                file: source.name.as_str().into(),
                 document: index + 1,
                 item: None,
             };
-            read(document, &origin, None, &mut objects, &mut errors);
+            read(document, &origin, None, sink, &mut errors);
         }
         if errors.is_empty() {
-            Ok(objects)
+            Ok(())
         } else {
             Err(errors)
         }
@@ -288,7 +302,7 @@ mod raw {
         raw: &RawValue,
         origin: &Origin,
         list_kind: Option<(&str, &str)>,
-        objects: &mut Vec<Located<Object>>,
+        sink: &mut dyn FnMut(Located<Object>),
         errors: &mut Vec<Diagnostic>,
     ) {
         let Ok(head) = serde_json::from_str::<Head<'_>>(raw.get()) else {
@@ -324,7 +338,7 @@ mod raw {
                     ..origin.clone()
                 };
                 let implied = item_kind.map(|k| (k, api_version.as_str()));
-                read(item, &item_origin, implied, objects, errors);
+                read(item, &item_origin, implied, sink, errors);
             }
             return;
         }
@@ -353,7 +367,7 @@ mod raw {
             }
         };
         match typed {
-            Ok(object) => objects.push(Located {
+            Ok(object) => sink(Located {
                 origin: origin.clone(),
                 object,
             }),
@@ -369,6 +383,12 @@ mod raw {
         origin: &Origin,
         object_name: &str,
     ) -> Result<Box<T>, Diagnostic> {
+        // Tracking the path costs a wrapper around every field of every object; errors
+        // are rare, and reading the same text again with tracking gives the same error,
+        // now with its path.
+        if let Ok(object) = serde_json::from_str::<T>(raw.get()) {
+            return Ok(Box::new(object));
+        }
         let mut deserializer = serde_json::Deserializer::from_str(raw.get());
         serde_path_to_error::deserialize::<_, T>(&mut deserializer)
             .map(Box::new)
@@ -471,11 +491,17 @@ mod tests {
         let (mut objects, mut errors) = (Vec::new(), Vec::new());
         for (index, document) in documents.into_iter().enumerate() {
             let origin = Origin {
-                file: source.name.clone(),
+                file: source.name.as_str().into(),
                 document: index + 1,
                 item: None,
             };
-            read_document(document, &origin, None, &mut objects, &mut errors);
+            read_document(
+                document,
+                &origin,
+                None,
+                &mut |o| objects.push(o),
+                &mut errors,
+            );
         }
         if errors.is_empty() {
             Ok(objects)

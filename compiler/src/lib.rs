@@ -37,7 +37,7 @@ pub use input::Source;
 pub use node::NodeContext;
 pub use plan::Plan;
 
-use model::{ServiceSpec, Snapshot};
+use model::{ServiceSpec, SnapshotBuilder};
 use nft::ir::L4Proto;
 
 /// Refuse snapshots larger than this by default (all sources together): a runaway
@@ -64,6 +64,31 @@ impl Default for Options {
 
 /// Parses and validates the sources and builds the plan.
 pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError> {
+    check_input(sources, options)?;
+    plan_sources(sources.iter(), options)
+}
+
+/// [`plan`], taking the sources: each source's text is dropped as soon as it is parsed,
+/// so that it is not held beside the model, plan and ruleset built from it.
+pub fn plan_owned(sources: Vec<Source>, options: &Options) -> Result<Plan, CompileError> {
+    check_input(&sources, options)?;
+    plan_sources(sources.into_iter(), options)
+}
+
+/// Validates parsed objects and builds the plan: [`plan`] without the parsing.
+pub fn plan_objects(
+    objects: Vec<input::Located<input::Object>>,
+    options: &Options,
+) -> Result<Plan, CompileError> {
+    options.node.validate()?;
+    let mut builder = SnapshotBuilder::default();
+    for object in objects {
+        builder.add(object);
+    }
+    plan_snapshot(builder, options)
+}
+
+fn check_input(sources: &[Source], options: &Options) -> Result<(), CompileError> {
     options.node.validate()?;
     let total: usize = sources.iter().map(|s| s.text.len()).sum();
     if total > options.max_input_bytes {
@@ -72,7 +97,8 @@ pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError>
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join(", ")
+                .into(),
             ..Origin::default()
         };
         return Err(CompileError::Invalid(vec![Diagnostic::new(
@@ -83,25 +109,39 @@ pub fn plan(sources: &[Source], options: &Options) -> Result<Plan, CompileError>
             ),
         )]));
     }
+    Ok(())
+}
 
-    let mut objects = Vec::new();
+fn plan_sources<S: std::borrow::Borrow<Source>>(
+    sources: impl Iterator<Item = S>,
+    options: &Options,
+) -> Result<Plan, CompileError> {
+    // Each object is validated as soon as it is parsed and its API form dropped: the
+    // k8s-openapi objects of a large snapshot are never all alive at once.
+    let mut builder = SnapshotBuilder::default();
     let mut errors = Vec::new();
     for source in sources {
-        match input::parse_source(source) {
-            Ok(parsed) => objects.extend(parsed),
-            Err(e) => errors.extend(e),
+        if let Err(e) = input::parse_source_into(source.borrow(), &mut |o| builder.add(o)) {
+            errors.extend(e);
         }
+        // An owned source's text goes here, before the next one is read.
+        drop(source);
     }
     if !errors.is_empty() {
         return Err(CompileError::Invalid(errors));
     }
-    let snapshot = Snapshot::from_objects(objects).map_err(|mut e| {
+    plan_snapshot(builder, options)
+}
+
+fn plan_snapshot(builder: SnapshotBuilder, options: &Options) -> Result<Plan, CompileError> {
+    let mut snapshot = builder.finish().map_err(|mut e| {
         e.sort();
         CompileError::Invalid(e)
     })?;
-    let mut warnings = snapshot.warnings.clone();
-    let allocated = allocate::allocate(snapshot.services.clone(), &options.node)
-        .map_err(CompileError::Invalid)?;
+    let mut warnings = std::mem::take(&mut snapshot.warnings);
+    // The services move through allocation; the plan reads them from its result.
+    let services = std::mem::take(&mut snapshot.services);
+    let allocated = allocate::allocate(services, &options.node).map_err(CompileError::Invalid)?;
     warnings.extend(allocated.warnings);
     let conflicts = address_conflicts(&allocated.services);
     if !conflicts.is_empty() {

@@ -8,9 +8,11 @@
 //!   range, an EndpointSlice without its service label) skips that object with a warning
 //!   and the rest is programmed. `--strict` turns these warnings into errors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
@@ -18,6 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::addr::{parse_cidr_lenient, parse_ip};
+use crate::endpoints::no_hints;
 use crate::error::{Diagnostic, Origin};
 use crate::input::{Located, Object};
 use crate::nft::ir::{Family, L4Proto};
@@ -145,13 +148,15 @@ pub struct EndpointPortSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub ip: IpAddr,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    /// Shared with every endpoint on the same node (and zone).
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    /// Shared with the plan's copies of the endpoint.
+    pub zone_hints: Arc<BTreeSet<String>>,
+    pub node_hints: Arc<BTreeSet<String>>,
 }
 
 /// Endpoints of one Service that share one port list: an EndpointSlice, or one subset
@@ -177,7 +182,7 @@ pub struct PodSpec {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     pub ips: Vec<IpAddr>,
     pub ready: bool,
     pub terminating: bool,
@@ -203,80 +208,131 @@ impl Snapshot {
     /// Validates parsed objects. Fatal problems are returned as `Err`; per-object
     /// problems skip the object and are kept in `warnings`.
     pub fn from_objects(objects: Vec<Located<Object>>) -> Result<Snapshot, Vec<Diagnostic>> {
-        let mut snapshot = Snapshot::default();
-        let mut fatal = Vec::new();
-        // (kind, namespace, name) -> where it was first seen: duplicates are fatal.
-        let mut seen: BTreeMap<(&'static str, String, String), Origin> = BTreeMap::new();
-        let mut services = BTreeMap::new();
+        let mut builder = SnapshotBuilder::default();
+        for object in objects {
+            builder.add(object);
+        }
+        builder.finish()
+    }
+}
 
-        for Located { origin, object } in objects {
-            let (kind, meta) = match &object {
-                Object::Service(s) => ("Service", &s.metadata),
-                Object::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
-                Object::Endpoints(e) => ("Endpoints", &e.metadata),
-                Object::Pod(p) => ("Pod", &p.metadata),
-            };
-            let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-            let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
-                fatal.push(
-                    Diagnostic::new(&origin, "an object needs a name")
-                        .object(format!("{kind} {namespace}/<unnamed>"))
-                        .field("metadata.name"),
-                );
-                continue;
-            };
-            let key = (kind, namespace.clone(), name.clone());
-            if let Some(first) = seen.get(&key) {
-                fatal.push(
+/// Builds a [`Snapshot`] one object at a time, so that the parser can hand each API
+/// object over as soon as it is read and it is dropped once converted: a 250k-endpoint
+/// snapshot's k8s-openapi objects take several times the memory of its model
+/// (docs/design.md, "Performance at scale").
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    snapshot: Snapshot,
+    fatal: Vec<Diagnostic>,
+    /// (kind, namespace, name) -> where it was first seen: duplicates are fatal. A hash
+    /// map: the order is never observed, and a B-tree spent most of its time comparing
+    /// the shared namespace prefixes of 100k keys.
+    seen: HashMap<(&'static str, String, String), Origin>,
+    services: BTreeMap<ServiceName, ServiceSpec>,
+    /// Node names and zones, shared by every endpoint on the node: a handful of
+    /// distinct values for hundreds of thousands of endpoints, each copied into every
+    /// pool of the plan.
+    names: Interner,
+}
+
+impl SnapshotBuilder {
+    /// Validates one object into the snapshot.
+    pub fn add(&mut self, located: Located<Object>) {
+        let Located { origin, object } = located;
+        let (kind, meta) = match &object {
+            Object::Service(s) => ("Service", &s.metadata),
+            Object::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+            Object::Endpoints(e) => ("Endpoints", &e.metadata),
+            Object::Pod(p) => ("Pod", &p.metadata),
+        };
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+            self.fatal.push(
+                Diagnostic::new(&origin, "an object needs a name")
+                    .object(format!("{kind} {namespace}/<unnamed>"))
+                    .field("metadata.name"),
+            );
+            return;
+        };
+        match self.seen.entry((kind, namespace, name)) {
+            Entry::Occupied(first) => {
+                let (_, namespace, name) = first.key();
+                self.fatal.push(
                     Diagnostic::new(
                         &origin,
-                        format!("duplicate object, first defined in {first}"),
+                        format!("duplicate object, first defined in {}", first.get()),
                     )
                     .object(format!("{kind} {namespace}/{name}")),
                 );
-                continue;
+                return;
             }
-            seen.insert(key, origin.clone());
-            let service_name = ServiceName {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            };
+            Entry::Vacant(vacant) => {
+                vacant.insert(origin.clone());
+            }
+        }
+        let (namespace, name) = match &object {
+            Object::Service(s) => (&s.metadata.namespace, &s.metadata.name),
+            Object::EndpointSlice(s) => (&s.metadata.namespace, &s.metadata.name),
+            Object::Endpoints(e) => (&e.metadata.namespace, &e.metadata.name),
+            Object::Pod(p) => (&p.metadata.namespace, &p.metadata.name),
+        };
+        let namespace = namespace.as_deref().unwrap_or("default").to_owned();
+        let name = name.as_deref().unwrap_or_default().to_owned();
+        let snapshot = &mut self.snapshot;
 
-            match object {
-                Object::Service(service) => {
-                    match convert_service(&service, service_name.clone(), &origin) {
-                        Ok(spec) => {
-                            services.insert(service_name, spec);
-                        }
-                        Err(d) => snapshot.warnings.push(d),
+        match object {
+            Object::Service(service) => {
+                let service_name = ServiceName { namespace, name };
+                match convert_service(&service, service_name.clone(), &origin) {
+                    Ok(spec) => {
+                        self.services.insert(service_name, spec);
                     }
+                    Err(d) => snapshot.warnings.push(d),
                 }
-                Object::EndpointSlice(slice) => {
-                    match convert_slice(&slice, &namespace, &name, &origin, &mut snapshot.warnings)
-                    {
-                        Ok(Some((owner, group))) => {
-                            snapshot.slices.entry(owner).or_default().push(group)
-                        }
-                        Ok(None) => {}
-                        Err(d) => snapshot.warnings.push(d),
+            }
+            Object::EndpointSlice(slice) => {
+                match convert_slice(
+                    &slice,
+                    &namespace,
+                    &name,
+                    &origin,
+                    &mut self.names,
+                    &mut snapshot.warnings,
+                ) {
+                    Ok(Some((owner, group))) => {
+                        snapshot.slices.entry(owner).or_default().push(group)
                     }
+                    Ok(None) => {}
+                    Err(d) => snapshot.warnings.push(d),
                 }
-                Object::Endpoints(endpoints) => {
-                    match convert_endpoints(&endpoints, &service_name, &origin) {
-                        Ok(groups) => {
-                            snapshot.endpoints.insert(service_name, groups);
-                        }
-                        Err(d) => snapshot.warnings.push(d),
+            }
+            Object::Endpoints(endpoints) => {
+                let service_name = ServiceName { namespace, name };
+                match convert_endpoints(&endpoints, &service_name, &origin, &mut self.names) {
+                    Ok(groups) => {
+                        snapshot.endpoints.insert(service_name, groups);
                     }
+                    Err(d) => snapshot.warnings.push(d),
                 }
-                Object::Pod(pod) => match convert_pod(&pod, &namespace, &name, &origin) {
+            }
+            Object::Pod(pod) => {
+                match convert_pod(&pod, &namespace, &name, &origin, &mut self.names) {
                     Ok(Some(spec)) => snapshot.pods.entry(namespace).or_default().push(spec),
                     Ok(None) => {}
                     Err(d) => snapshot.warnings.push(d),
-                },
+                }
             }
         }
+    }
 
+    /// The snapshot, or every fatal problem seen.
+    pub fn finish(self) -> Result<Snapshot, Vec<Diagnostic>> {
+        let SnapshotBuilder {
+            mut snapshot,
+            fatal,
+            services,
+            ..
+        } = self;
         if !fatal.is_empty() {
             return Err(fatal);
         }
@@ -288,6 +344,22 @@ impl Snapshot {
             pods.sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(snapshot)
+    }
+}
+
+/// One shared copy of each distinct node name and zone.
+#[derive(Default)]
+struct Interner(HashMap<String, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, value: Option<&String>) -> Option<Arc<str>> {
+        let value = value?;
+        if let Some(shared) = self.0.get(value.as_str()) {
+            return Some(Arc::clone(shared));
+        }
+        let shared: Arc<str> = Arc::from(value.as_str());
+        self.0.insert(value.clone(), Arc::clone(&shared));
+        Some(shared)
     }
 }
 
@@ -623,6 +695,16 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
     })
 }
 
+/// Hints as the plan shares them: most endpoints have none, and share one empty set.
+fn shared_hints(names: impl Iterator<Item = String>) -> Arc<BTreeSet<String>> {
+    let set: BTreeSet<String> = names.collect();
+    if set.is_empty() {
+        no_hints()
+    } else {
+        Arc::new(set)
+    }
+}
+
 /// Converts an EndpointSlice. `Ok(None)`: a slice svcproxy ignores on purpose (FQDN).
 /// Invalid endpoints inside a valid slice are skipped one by one with a warning.
 fn convert_slice(
@@ -630,6 +712,7 @@ fn convert_slice(
     namespace: &str,
     name: &str,
     origin: &Origin,
+    names: &mut Interner,
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<Option<(ServiceName, EndpointGroup)>, Diagnostic> {
     let object = format!("EndpointSlice {namespace}/{name}");
@@ -716,23 +799,25 @@ fn convert_slice(
         let hints = endpoint.hints.as_ref();
         endpoints.push(EndpointSpec {
             ip,
-            node_name: endpoint.node_name.clone(),
-            zone: endpoint.zone.clone(),
+            node_name: names.get(endpoint.node_name.as_ref()),
+            zone: names.get(endpoint.zone.as_ref()),
             ready,
             serving,
             terminating,
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect(),
+            zone_hints: shared_hints(
+                hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| z.name.clone()),
+            ),
+            node_hints: shared_hints(
+                hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.name.clone()),
+            ),
         });
     }
     let owner = ServiceName {
@@ -754,6 +839,7 @@ fn convert_endpoints(
     endpoints: &Endpoints,
     name: &ServiceName,
     origin: &Origin,
+    names: &mut Interner,
 ) -> Result<Vec<EndpointGroup>, Diagnostic> {
     let object = format!("Endpoints {name}");
     let fail = |e: FieldError| {
@@ -788,13 +874,13 @@ fn convert_endpoints(
             let ip = ip_at(&address.ip, format!("subsets[{s}].{field}[{i}].ip")).map_err(fail)?;
             list.push(EndpointSpec {
                 ip,
-                node_name: address.node_name.clone(),
+                node_name: names.get(address.node_name.as_ref()),
                 zone: None,
                 ready: is_ready,
                 serving: is_ready,
                 terminating: false,
-                zone_hints: BTreeSet::new(),
-                node_hints: BTreeSet::new(),
+                zone_hints: no_hints(),
+                node_hints: no_hints(),
             });
         }
         groups.push(EndpointGroup {
@@ -813,6 +899,7 @@ fn convert_pod(
     namespace: &str,
     name: &str,
     origin: &Origin,
+    names: &mut Interner,
 ) -> Result<Option<PodSpec>, Diagnostic> {
     let object = format!("Pod {namespace}/{name}");
     let fail = |e: FieldError| {
@@ -871,7 +958,7 @@ fn convert_pod(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
-        node_name: spec.and_then(|s| s.node_name.clone()),
+        node_name: names.get(spec.and_then(|s| s.node_name.as_ref())),
         ips,
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),

@@ -16,19 +16,19 @@ const NAME_MAX: usize = 255;
 const PREFIX_MAX: usize = 16;
 
 pub fn service_chain(id: &ServicePortId) -> String {
-    format!("service-{}", port_base(id))
+    PortNames::new(id).service_chain()
 }
 
 pub fn local_chain(id: &ServicePortId) -> String {
-    format!("local-{}", port_base(id))
+    PortNames::new(id).local_chain()
 }
 
 pub fn external_chain(id: &ServicePortId) -> String {
-    format!("external-{}", port_base(id))
+    PortNames::new(id).external_chain()
 }
 
 pub fn firewall_chain(id: &ServicePortId) -> String {
-    format!("firewall-{}", port_base(id))
+    PortNames::new(id).firewall_chain()
 }
 
 /// The ClientIP-affinity map of one pool of a service port: client address to the
@@ -36,17 +36,57 @@ pub fn firewall_chain(id: &ServicePortId) -> String {
 /// [`affinity_port_map`]). Each pool has its own: a client recorded on a remote
 /// endpoint by the Cluster pool must not be sent there by the Local pool.
 pub fn affinity_map(id: &ServicePortId, pool: Pool) -> String {
-    match pool {
-        Pool::Cluster => format!("affinity-{}", port_base(id)),
-        Pool::Local => format!("affinity-local-{}", port_base(id)),
-    }
+    PortNames::new(id).affinity_map(pool)
 }
 
 /// IPv6 only: client address to the port of its endpoint (see [`affinity_map`]).
 pub fn affinity_port_map(id: &ServicePortId, pool: Pool) -> String {
-    match pool {
-        Pool::Cluster => format!("affinity-port-{}", port_base(id)),
-        Pool::Local => format!("affinity-lport-{}", port_base(id)),
+    PortNames::new(id).affinity_port_map(pool)
+}
+
+/// The names of one service port's chains and maps, from one hash: a layout names
+/// each of them several times (map elements, jumps, the chain itself).
+pub struct PortNames {
+    base: String,
+}
+
+impl PortNames {
+    pub fn new(id: &ServicePortId) -> PortNames {
+        PortNames {
+            base: port_base(id),
+        }
+    }
+
+    pub fn service_chain(&self) -> String {
+        format!("service-{}", self.base)
+    }
+
+    pub fn local_chain(&self) -> String {
+        format!("local-{}", self.base)
+    }
+
+    pub fn external_chain(&self) -> String {
+        format!("external-{}", self.base)
+    }
+
+    pub fn firewall_chain(&self) -> String {
+        format!("firewall-{}", self.base)
+    }
+
+    /// See [`affinity_map`].
+    pub fn affinity_map(&self, pool: Pool) -> String {
+        match pool {
+            Pool::Cluster => format!("affinity-{}", self.base),
+            Pool::Local => format!("affinity-local-{}", self.base),
+        }
+    }
+
+    /// See [`affinity_port_map`].
+    pub fn affinity_port_map(&self, pool: Pool) -> String {
+        match pool {
+            Pool::Cluster => format!("affinity-port-{}", self.base),
+            Pool::Local => format!("affinity-lport-{}", self.base),
+        }
     }
 }
 

@@ -132,8 +132,6 @@ pub struct ServicePortPlan {
     pub health_check_node_port: Option<u16>,
     pub ipvs_scheduler: Option<String>,
     pub endpoint_source: EndpointSource,
-    /// Every endpoint known for this port (any state, any node), sorted.
-    pub all_endpoints: Vec<Endpoint>,
     /// Endpoints for Cluster policy (empty when the policy is never used).
     pub cluster_endpoints: Vec<Endpoint>,
     /// Endpoints for Local policy (empty when unused or none is local).
@@ -321,7 +319,6 @@ fn plan_port(
         health_check_node_port: service.health_check_node_port,
         ipvs_scheduler: service.ipvs_scheduler.clone(),
         endpoint_source: source,
-        all_endpoints: all,
         cluster_endpoints: pools.cluster,
         local_endpoints: pools.local,
         has_endpoints: pools.has_any,

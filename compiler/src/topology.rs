@@ -140,7 +140,7 @@ mod tests {
         Endpoint {
             ip: ip.parse().unwrap(),
             port: 80,
-            node_name: Some(node.to_string()),
+            node_name: Some(node.into()),
             is_local: node == "node-a",
             ready: state == "ready",
             serving: state == "ready" || state == "serving-terminating",
@@ -155,7 +155,7 @@ mod tests {
     }
 
     fn zoned(mut e: Endpoint, zones: &[&str]) -> Endpoint {
-        e.zone_hints = zones.iter().map(|z| z.to_string()).collect();
+        e.zone_hints = std::sync::Arc::new(zones.iter().map(|z| z.to_string()).collect());
         e
     }
 
@@ -261,8 +261,8 @@ mod tests {
     fn node_hints_take_precedence_over_zone_hints() {
         let mut a = zoned(ep("10.0.0.1", "ready", "node-a"), &["zone-a"]);
         let mut b = zoned(ep("10.0.0.2", "ready", "node-b"), &["zone-a"]);
-        a.node_hints.insert("node-a".into());
-        b.node_hints.insert("node-b".into());
+        std::sync::Arc::make_mut(&mut a.node_hints).insert("node-a".into());
+        std::sync::Arc::make_mut(&mut b.node_hints).insert("node-b".into());
         let c = categorize(&[a, b], true, false, Some("node-a"), Some("zone-a"));
         assert_eq!(ips(&c.cluster), ["10.0.0.1"]);
     }

@@ -102,6 +102,9 @@ struct TableBuilder<'a> {
     family: Family,
     sets: Vec<Set>,
     chains: Vec<Chain>,
+    /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
+    /// endpoints, so they are collected once each and become elements at the end.
+    hairpin: BTreeSet<IpAddr>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -111,12 +114,23 @@ impl<'a> TableBuilder<'a> {
             family: fp.family,
             sets: Vec::new(),
             chains: Vec::new(),
+            hairpin: BTreeSet::new(),
         }
     }
 
     fn finish(mut self) -> Table {
+        let hairpin = std::mem::take(&mut self.hairpin);
+        if let Some(set) = self.sets.iter_mut().find(|s| s.name == HAIRPIN_ENDPOINTS) {
+            set.elements.extend(hairpin.into_iter().map(|ip| Element {
+                key: vec![net(ip), net(ip)],
+                verdict: None,
+                comment: None,
+            }));
+        }
         for set in &mut self.sets {
-            set.elements.sort();
+            // Elements that compare equal are identical (the order covers every
+            // field), so an unstable sort gives the same result, faster.
+            set.elements.sort_unstable();
             set.elements.dedup();
         }
         Table {
@@ -368,9 +382,10 @@ impl<'a> TableBuilder<'a> {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
         };
+        let port_names = names::PortNames::new(id);
         let pool_chain = |pool: Pool| match pool {
-            Pool::Cluster => names::service_chain(id),
-            Pool::Local => names::local_chain(id),
+            Pool::Cluster => port_names.service_chain(),
+            Pool::Local => port_names.local_chain(),
         };
 
         self.element(CLUSTER_IPS, vec![net(sp.cluster_ip)], None, None);
@@ -394,7 +409,7 @@ impl<'a> TableBuilder<'a> {
 
         // External traffic: externalIPs, LoadBalancer IPs, the NodePort.
         if let Some(external) = &sp.external {
-            let external_chain = names::external_chain(id);
+            let external_chain = port_names.external_chain();
             let forwards = matches!(external.disposition, Disposition::Forward(_));
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
@@ -416,7 +431,7 @@ impl<'a> TableBuilder<'a> {
                 }
             }
             if let Some(firewall) = &external.firewall {
-                let chain = names::firewall_chain(id);
+                let chain = port_names.firewall_chain();
                 let stmts = if firewall.allowed.is_empty() {
                     vec![Stmt::Verdict(Verdict::Drop)]
                 } else {
@@ -457,7 +472,7 @@ impl<'a> TableBuilder<'a> {
             if sp.has_endpoints {
                 let mut rules = Vec::new();
                 if external.policy_local {
-                    let service_chain = names::service_chain(id);
+                    let service_chain = port_names.service_chain();
                     if !self.fp.cluster_cidrs.is_empty() {
                         rules.push(commented(
                             vec![
@@ -498,7 +513,10 @@ impl<'a> TableBuilder<'a> {
             if !sp.uses_pool(pool) {
                 continue;
             }
-            let mut rules = Vec::new();
+            let endpoints = sp.endpoints(pool);
+            // The masquerade rule, the known-client rule, one rule per endpoint.
+            let affinity_rules = usize::from(sp.affinity_timeout.is_some());
+            let mut rules = Vec::with_capacity(1 + affinity_rules + endpoints.len());
             if sp.internal == Disposition::Forward(pool) {
                 if let Some(masq) = self.masquerade_rule(sp) {
                     rules.push(masq);
@@ -507,7 +525,6 @@ impl<'a> TableBuilder<'a> {
             let affinity = sp
                 .affinity_timeout
                 .map(|timeout| self.affinity_maps(id, pool, timeout));
-            let endpoints = sp.endpoints(pool);
             if let (Some(maps), Some(first)) = (&affinity, endpoints.first()) {
                 rules.push(known_client(id.protocol, maps, first));
             }
@@ -515,8 +532,7 @@ impl<'a> TableBuilder<'a> {
             self.chain(&pool_chain(pool), rules);
         }
         for endpoint in sp.reachable_endpoints() {
-            let hairpin = vec![net(endpoint.ip), net(endpoint.ip)];
-            self.element(HAIRPIN_ENDPOINTS, hairpin, None, None);
+            self.hairpin.insert(endpoint.ip);
         }
     }
 
