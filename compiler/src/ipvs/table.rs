@@ -30,11 +30,10 @@
 //! (dstnat, -100) run before it. Masquerade needs `net.ipv4.vs.conntrack=1`, which makes
 //! IPVS keep conntrack informed so that the nat postrouting hook sees its packets.
 
-use std::collections::BTreeSet;
-
 use ipnet::IpNet;
 
 use super::{AddressKind, IpvsState, VirtualServer};
+use crate::nft::build::{TableParts, addr_match, commented, dispatch_exprs, jump, net, rule};
 use crate::nft::ir::*;
 use crate::plan::{FamilyPlan, Masquerade, Plan, ServicePortPlan};
 
@@ -73,8 +72,7 @@ fn table(fp: &FamilyPlan, state: &IpvsState) -> Table {
     let family = fp.family;
     let mut t = TableBuilder {
         family,
-        sets: Vec::new(),
-        chains: Vec::new(),
+        parts: TableParts::default(),
         off_cluster: Vec::new(),
     };
     t.skeleton(fp);
@@ -108,71 +106,61 @@ fn table(fp: &FamilyPlan, state: &IpvsState) -> Table {
 
 struct TableBuilder {
     family: Family,
-    sets: Vec<Set>,
-    chains: Vec<Chain>,
+    parts: TableParts,
     /// The distinct "not from these pod CIDRs" rules, each with its chain.
     off_cluster: Vec<(Vec<IpNet>, String)>,
 }
 
 impl TableBuilder {
-    fn finish(mut self) -> Table {
-        for set in &mut self.sets {
-            set.elements.sort();
-            set.elements.dedup();
-        }
-        Table {
-            family: self.family,
-            name: TABLE_NAME.to_string(),
-            comment: Some("rules for svcproxy's IPVS mode".to_string()),
-            sets: self.sets,
-            chains: self.chains,
-        }
+    fn finish(self) -> Table {
+        let comment = Some("rules for svcproxy's IPVS mode".to_string());
+        self.parts.into_table(self.family, TABLE_NAME, comment)
     }
 
     fn skeleton(&mut self, fp: &FamilyPlan) {
         let addr = self.family.addr_type();
         let dispatch = vec![addr, KeyType::InetProto, KeyType::InetService];
         let with_source = vec![addr, KeyType::InetProto, KeyType::InetService, addr];
-        self.set(
+        self.parts.set(
             BOUND_IPS,
             vec![addr],
             None,
             "Addresses on the dummy interface: only their virtual servers are open",
         );
-        self.set(
+        self.parts.set(
             SERVICE_PORTS,
             dispatch.clone(),
             Some(MapData::Verdict),
             "Virtual servers: return to let IPVS balance, drop or reject without endpoints",
         );
-        self.set(
+        self.parts.set(
             HEALTH_CHECK_PORTS,
             vec![KeyType::InetProto, KeyType::InetService],
             Some(MapData::Verdict),
             "healthCheckNodePorts, open on the dummy interface's addresses too",
         );
-        self.set(
+        self.parts.set(
             FIREWALL_ALLOW,
             with_source.clone(),
             Some(MapData::Verdict),
             "LoadBalancer IP and port . allowed source range (loadBalancerSourceRanges)",
         );
-        if let Some(set) = self.sets.last_mut() {
+        if let Some(set) = self.parts.sets.last_mut() {
             set.flags.interval = true;
         }
-        self.set(
+        self.parts.set(
             FIREWALL_IPS,
             dispatch.clone(),
             Some(MapData::Verdict),
             "LoadBalancer IPs and ports subject to loadBalancerSourceRanges",
         );
-        self.set(
+        self.parts.set(
             MASQUERADE_SERVICES,
             dispatch,
             Some(MapData::Verdict),
             "Which traffic to a virtual server is masqueraded",
         );
-        self.set(
+        self.parts.set(
             HAIRPIN,
             with_source,
             Some(MapData::Verdict),
@@ -180,7 +168,7 @@ impl TableBuilder {
         );
 
         let new = |target: &str| rule(vec![Stmt::CtStateNew, jump(target)]);
-        self.base(
+        self.parts.base(
             "filter-input",
             ChainType::Filter,
             Hook::Input,
@@ -188,38 +176,38 @@ impl TableBuilder {
             vec![new(FIREWALL_CHECK), new(SERVICE_CHECK)],
         );
         // Pods sending to an unallocated ClusterIP: not a local address, so forwarded.
-        self.base(
+        self.parts.base(
             "filter-forward",
             ChainType::Filter,
             Hook::Forward,
             FILTER,
             vec![new(SERVICE_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "filter-output",
             ChainType::Filter,
             Hook::Output,
             FILTER,
             vec![new(FIREWALL_CHECK), new(SERVICE_CHECK)],
         );
-        let mark_lookup = || rule(vec![vmap(dispatch_key(), MASQUERADE_SERVICES)]);
-        self.base(
+        let mark_lookup = || rule(vec![vmap(dispatch_exprs(), MASQUERADE_SERVICES)]);
+        self.parts.base(
             "nat-prerouting",
             ChainType::Nat,
             Hook::Prerouting,
             DSTNAT,
             vec![mark_lookup()],
         );
-        self.base(
+        self.parts.base(
             "nat-output",
             ChainType::Nat,
             Hook::Output,
             DSTNAT,
             vec![mark_lookup()],
         );
-        let mut hairpin_key = dispatch_key();
+        let mut hairpin_key = dispatch_exprs();
         hairpin_key.push(KeyExpr::Addr(AddrField::Saddr));
-        self.base(
+        self.parts.base(
             "nat-postrouting",
             ChainType::Nat,
             Hook::Postrouting,
@@ -230,13 +218,13 @@ impl TableBuilder {
             ],
         );
 
-        let mut firewall_key = dispatch_key();
+        let mut firewall_key = dispatch_exprs();
         firewall_key.push(KeyExpr::Addr(AddrField::Saddr));
-        self.chain(
+        self.parts.chain(
             FIREWALL_CHECK,
             vec![
                 rule(vec![vmap(firewall_key, FIREWALL_ALLOW)]),
-                rule(vec![vmap(dispatch_key(), FIREWALL_IPS)]),
+                rule(vec![vmap(dispatch_exprs(), FIREWALL_IPS)]),
             ],
         );
         let bound = || Stmt::AddrInSet {
@@ -245,7 +233,7 @@ impl TableBuilder {
             set: BOUND_IPS.into(),
         };
         let mut service_check = vec![
-            rule(vec![vmap(dispatch_key(), SERVICE_PORTS)]),
+            rule(vec![vmap(dispatch_exprs(), SERVICE_PORTS)]),
             rule(vec![
                 bound(),
                 vmap(vec![KeyExpr::L4Proto, KeyExpr::ThDport], HEALTH_CHECK_PORTS),
@@ -264,10 +252,11 @@ impl TableBuilder {
                 "Drop traffic to unallocated ClusterIPs",
             ));
         }
-        self.chain(SERVICE_CHECK, service_check);
-        self.chain(REJECT_CHAIN, vec![rule(vec![Stmt::Reject])]);
+        self.parts.chain(SERVICE_CHECK, service_check);
+        self.parts
+            .chain(REJECT_CHAIN, vec![rule(vec![Stmt::Reject])]);
         let mark = fp.masquerade_mark;
-        self.chain(
+        self.parts.chain(
             MASQUERADING,
             vec![
                 rule(vec![
@@ -278,9 +267,10 @@ impl TableBuilder {
                 rule(vec![Stmt::MasqueradeFullyRandom]),
             ],
         );
-        self.chain(MARK_FOR_MASQUERADE, vec![rule(vec![Stmt::MarkSetOr(mark)])]);
+        self.parts
+            .chain(MARK_FOR_MASQUERADE, vec![rule(vec![Stmt::MarkSetOr(mark)])]);
         // In prerouting the source is never local; in output it always is.
-        self.chain(
+        self.parts.chain(
             MASQUERADE_LOCAL_SOURCE,
             vec![rule(vec![
                 Stmt::FibAddrTypeLocal(AddrField::Saddr),
@@ -302,12 +292,13 @@ impl TableBuilder {
             super::Verdict::Drop => Verdict::Drop,
             super::Verdict::Reject => Verdict::Goto(REJECT_CHAIN.into()),
         };
-        self.element(SERVICE_PORTS, key.clone(), Some(verdict), comment.clone());
+        self.parts
+            .element(SERVICE_PORTS, key.clone(), Some(verdict), comment.clone());
 
         let external = sp.external.as_ref();
         if vs.kind == AddressKind::LoadBalancer {
             if let Some(firewall) = external.and_then(|e| e.firewall.as_ref()) {
-                self.element(
+                self.parts.element(
                     FIREWALL_IPS,
                     key.clone(),
                     Some(Verdict::Drop),
@@ -318,7 +309,8 @@ impl TableBuilder {
                 for source in IpNet::aggregate(&firewall.allowed) {
                     let mut with_source = key.clone();
                     with_source.push(KeyValue::Net(source));
-                    self.element(FIREWALL_ALLOW, with_source, Some(Verdict::Return), None);
+                    self.parts
+                        .element(FIREWALL_ALLOW, with_source, Some(Verdict::Return), None);
                 }
             }
         }
@@ -344,7 +336,8 @@ impl TableBuilder {
             _ => Some(MARK_FOR_MASQUERADE.to_string()),
         };
         if let Some(chain) = masquerade {
-            self.element(MASQUERADE_SERVICES, key, Some(Verdict::Goto(chain)), None);
+            self.parts
+                .element(MASQUERADE_SERVICES, key, Some(Verdict::Goto(chain)), None);
         }
         for rs in &vs.real_servers {
             let key = vec![
@@ -353,7 +346,7 @@ impl TableBuilder {
                 KeyValue::Port(rs.port),
                 net(rs.address),
             ];
-            self.element(
+            self.parts.element(
                 HAIRPIN,
                 key,
                 Some(Verdict::Jump(MARK_FOR_MASQUERADE.into())),
@@ -373,7 +366,7 @@ impl TableBuilder {
             0 => MASQUERADE_OFF_CLUSTER.to_string(),
             n => format!("{MASQUERADE_OFF_CLUSTER}-{n}"),
         };
-        self.chain(
+        self.parts.chain(
             &name,
             vec![rule(vec![
                 addr_match(AddrField::Saddr, CmpOp::Ne, cidrs),
@@ -386,98 +379,15 @@ impl TableBuilder {
 
     // ----- small builders -----
 
-    fn set(&mut self, name: &str, key: Vec<KeyType>, data: Option<MapData>, comment: &str) {
-        self.sets.push(Set {
-            name: name.into(),
-            key,
-            data,
-            flags: SetFlags::default(),
-            timeout_secs: None,
-            comment: Some(comment.into()),
-            elements: Vec::new(),
-        });
-    }
-
-    fn element(
-        &mut self,
-        set: &str,
-        key: Vec<KeyValue>,
-        verdict: Option<Verdict>,
-        comment: Option<String>,
-    ) {
-        if let Some(set) = self.sets.iter_mut().find(|s| s.name == set) {
-            set.elements.push(Element {
-                key,
-                verdict,
-                comment,
-            });
-        }
-    }
-
     fn elements(
         &mut self,
         set: &str,
         elements: impl IntoIterator<Item = (Vec<KeyValue>, Option<Verdict>)>,
     ) {
         for (key, verdict) in elements {
-            self.element(set, key, verdict, None);
+            self.parts.element(set, key, verdict, None);
         }
     }
-
-    fn chain(&mut self, name: &str, rules: Vec<Rule>) {
-        self.chains.push(Chain {
-            name: name.into(),
-            base: None,
-            comment: None,
-            rules,
-        });
-    }
-
-    fn base(
-        &mut self,
-        name: &str,
-        chain_type: ChainType,
-        hook: Hook,
-        priority: i32,
-        rules: Vec<Rule>,
-    ) {
-        self.chains.push(Chain {
-            name: name.into(),
-            base: Some(BaseChain {
-                chain_type,
-                hook,
-                priority,
-            }),
-            comment: None,
-            rules,
-        });
-    }
-}
-
-/// `ip saddr != 10.0.0.0/8` for one prefix, `ip saddr != { a, b }` for several (nft
-/// turns a one-element anonymous set into a plain comparison, so we write it that way).
-fn addr_match(field: AddrField, op: CmpOp, nets: &[IpNet]) -> Stmt {
-    let unique: BTreeSet<IpNet> = nets.iter().copied().collect();
-    match unique.first() {
-        Some(only) if unique.len() == 1 => Stmt::Addr {
-            field,
-            op,
-            value: *only,
-        },
-        _ => Stmt::AddrInList {
-            field,
-            op,
-            values: unique.into_iter().collect(),
-        },
-    }
-}
-
-fn dispatch_key() -> Vec<KeyExpr> {
-    vec![
-        KeyExpr::Addr(AddrField::Daddr),
-        KeyExpr::L4Proto,
-        KeyExpr::ThDport,
-    ]
 }
 
 fn vmap(key: Vec<KeyExpr>, map: &str) -> Stmt {
@@ -485,26 +395,4 @@ fn vmap(key: Vec<KeyExpr>, map: &str) -> Stmt {
         key,
         map: map.into(),
     }
-}
-
-fn net(ip: std::net::IpAddr) -> KeyValue {
-    KeyValue::Net(IpNet::from(ip))
-}
-
-fn rule(stmts: Vec<Stmt>) -> Rule {
-    Rule {
-        stmts,
-        comment: None,
-    }
-}
-
-fn commented(stmts: Vec<Stmt>, comment: &str) -> Rule {
-    Rule {
-        stmts,
-        comment: Some(comment.into()),
-    }
-}
-
-fn jump(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Jump(chain.into()))
 }

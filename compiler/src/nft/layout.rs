@@ -38,6 +38,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::build::{TableParts, addr_match, commented, dispatch_exprs, goto, jump, net, rule};
 use super::ir::*;
 use crate::endpoints::Endpoint;
 use crate::names;
@@ -100,8 +101,7 @@ fn table(fp: &FamilyPlan) -> Table {
 struct TableBuilder<'a> {
     fp: &'a FamilyPlan,
     family: Family,
-    sets: Vec<Set>,
-    chains: Vec<Chain>,
+    parts: TableParts,
     /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
     /// endpoints, so they are collected once each and become elements at the end.
     hairpin: BTreeSet<IpAddr>,
@@ -112,34 +112,30 @@ impl<'a> TableBuilder<'a> {
         TableBuilder {
             fp,
             family: fp.family,
-            sets: Vec::new(),
-            chains: Vec::new(),
+            parts: TableParts::default(),
             hairpin: BTreeSet::new(),
         }
     }
 
     fn finish(mut self) -> Table {
         let hairpin = std::mem::take(&mut self.hairpin);
-        if let Some(set) = self.sets.iter_mut().find(|s| s.name == HAIRPIN_ENDPOINTS) {
+        if let Some(set) = self
+            .parts
+            .sets
+            .iter_mut()
+            .find(|s| s.name == HAIRPIN_ENDPOINTS)
+        {
             set.elements.extend(hairpin.into_iter().map(|ip| Element {
                 key: vec![net(ip), net(ip)],
                 verdict: None,
                 comment: None,
             }));
         }
-        for set in &mut self.sets {
-            // Elements that compare equal are identical (the order covers every
-            // field), so an unstable sort gives the same result, faster.
-            set.elements.sort_unstable();
-            set.elements.dedup();
-        }
-        Table {
-            family: self.family,
-            name: TABLE_NAME.to_string(),
-            comment: Some("rules for svcproxy".to_string()),
-            sets: self.sets,
-            chains: self.chains,
-        }
+        self.parts.into_table(
+            self.family,
+            TABLE_NAME,
+            Some("rules for svcproxy".to_string()),
+        )
     }
 
     // ----- the fixed part of the table -----
@@ -148,19 +144,20 @@ impl<'a> TableBuilder<'a> {
         let addr = self.family.addr_type();
         let dispatch_key = vec![addr, KeyType::InetProto, KeyType::InetService];
         let port_key = vec![KeyType::InetProto, KeyType::InetService];
-        self.set(CLUSTER_IPS, vec![addr], None, "Active ClusterIPs");
+        self.parts
+            .set(CLUSTER_IPS, vec![addr], None, "Active ClusterIPs");
         let nodeport_cidrs = match &self.fp.nodeport_addresses {
             NodePortAddresses::AllLocal => None,
             NodePortAddresses::Cidrs(cidrs) => Some(cidrs.clone()),
         };
         if let Some(cidrs) = &nodeport_cidrs {
-            self.set(
+            self.parts.set(
                 NODEPORT_IPS,
                 vec![addr],
                 None,
                 "IPs that accept NodePort traffic",
             );
-            let set = self.sets.last_mut().expect("just added");
+            let set = self.parts.sets.last_mut().expect("just added");
             set.flags.interval = true;
             set.elements = cidrs
                 .iter()
@@ -171,37 +168,37 @@ impl<'a> TableBuilder<'a> {
                 })
                 .collect();
         }
-        self.set(
+        self.parts.set(
             SERVICE_IPS,
             dispatch_key.clone(),
             Some(MapData::Verdict),
             "ClusterIP, ExternalIP and LoadBalancer IP traffic",
         );
-        self.set(
+        self.parts.set(
             SERVICE_NODEPORTS,
             port_key.clone(),
             Some(MapData::Verdict),
             "NodePort traffic",
         );
-        self.set(
+        self.parts.set(
             NO_ENDPOINT_SERVICES,
             dispatch_key.clone(),
             Some(MapData::Verdict),
             "vmap to drop or reject packets to services with no endpoints",
         );
-        self.set(
+        self.parts.set(
             NO_ENDPOINT_NODEPORTS,
             port_key,
             Some(MapData::Verdict),
             "vmap to drop or reject packets to service nodeports with no endpoints",
         );
-        self.set(
+        self.parts.set(
             FIREWALL_IPS,
             dispatch_key,
             Some(MapData::Verdict),
             "destinations that are subject to LoadBalancerSourceRanges",
         );
-        self.set(
+        self.parts.set(
             HAIRPIN_ENDPOINTS,
             vec![addr, addr],
             None,
@@ -209,56 +206,56 @@ impl<'a> TableBuilder<'a> {
         );
 
         let new = |target: &str| rule(vec![Stmt::CtStateNew, jump(target)]);
-        self.base(
+        self.parts.base(
             "filter-prerouting",
             ChainType::Filter,
             Hook::Prerouting,
             PRE_DNAT,
             vec![new(FIREWALL_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "filter-input",
             ChainType::Filter,
             Hook::Input,
             PRE_DNAT,
             vec![new(NODEPORT_ENDPOINTS_CHECK), new(SERVICE_ENDPOINTS_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "filter-forward",
             ChainType::Filter,
             Hook::Forward,
             PRE_DNAT,
             vec![new(SERVICE_ENDPOINTS_CHECK), new(CLUSTER_IPS_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "filter-output",
             ChainType::Filter,
             Hook::Output,
             PRE_DNAT,
             vec![new(FIREWALL_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "filter-output-post-dnat",
             ChainType::Filter,
             Hook::Output,
             POST_DNAT,
             vec![new(SERVICE_ENDPOINTS_CHECK), new(CLUSTER_IPS_CHECK)],
         );
-        self.base(
+        self.parts.base(
             "nat-prerouting",
             ChainType::Nat,
             Hook::Prerouting,
             DSTNAT,
             vec![rule(vec![jump(SERVICES)])],
         );
-        self.base(
+        self.parts.base(
             "nat-output",
             ChainType::Nat,
             Hook::Output,
             DSTNAT,
             vec![rule(vec![jump(SERVICES)])],
         );
-        self.base(
+        self.parts.base(
             "nat-postrouting",
             ChainType::Nat,
             Hook::Postrouting,
@@ -286,8 +283,8 @@ impl<'a> TableBuilder<'a> {
                 "Drop traffic to unallocated ClusterIPs",
             ));
         }
-        self.chain(CLUSTER_IPS_CHECK, cluster_ips_check);
-        self.chain(
+        self.parts.chain(CLUSTER_IPS_CHECK, cluster_ips_check);
+        self.parts.chain(
             FIREWALL_CHECK,
             vec![rule(vec![Stmt::Vmap {
                 key: dispatch_exprs(),
@@ -295,7 +292,7 @@ impl<'a> TableBuilder<'a> {
             }])],
         );
         let mark = self.fp.masquerade_mark;
-        self.chain(
+        self.parts.chain(
             MASQUERADING,
             vec![
                 // Hairpin: a pod whose connection to a service was DNATed back to
@@ -320,7 +317,8 @@ impl<'a> TableBuilder<'a> {
                 rule(vec![Stmt::MasqueradeFullyRandom]),
             ],
         );
-        self.chain(MARK_FOR_MASQUERADE, vec![rule(vec![Stmt::MarkSetOr(mark)])]);
+        self.parts
+            .chain(MARK_FOR_MASQUERADE, vec![rule(vec![Stmt::MarkSetOr(mark)])]);
 
         let port_lookup = |map: &str| Stmt::Vmap {
             key: vec![KeyExpr::L4Proto, KeyExpr::ThDport],
@@ -341,11 +339,13 @@ impl<'a> TableBuilder<'a> {
             None => vec![not_loopback.clone(), port_lookup(NO_ENDPOINT_NODEPORTS)],
             Some(_) => vec![on_nodeport_addr.clone(), port_lookup(NO_ENDPOINT_NODEPORTS)],
         };
-        self.chain(NODEPORT_ENDPOINTS_CHECK, vec![rule(nodeport_check)]);
-        self.chain(REJECT_CHAIN, vec![rule(vec![Stmt::Reject])]);
-        self.chains.last_mut().expect("just added").comment =
+        self.parts
+            .chain(NODEPORT_ENDPOINTS_CHECK, vec![rule(nodeport_check)]);
+        self.parts
+            .chain(REJECT_CHAIN, vec![rule(vec![Stmt::Reject])]);
+        self.parts.chains.last_mut().expect("just added").comment =
             Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into());
-        self.chain(
+        self.parts.chain(
             SERVICE_ENDPOINTS_CHECK,
             vec![rule(vec![Stmt::Vmap {
                 key: dispatch_exprs(),
@@ -360,7 +360,7 @@ impl<'a> TableBuilder<'a> {
             ],
             Some(_) => vec![on_nodeport_addr, port_lookup(SERVICE_NODEPORTS)],
         };
-        self.chain(
+        self.parts.chain(
             SERVICES,
             vec![
                 rule(vec![Stmt::Vmap {
@@ -388,18 +388,19 @@ impl<'a> TableBuilder<'a> {
             Pool::Local => port_names.local_chain(),
         };
 
-        self.element(CLUSTER_IPS, vec![net(sp.cluster_ip)], None, None);
+        self.parts
+            .element(CLUSTER_IPS, vec![net(sp.cluster_ip)], None, None);
         let dispatch = |ip: IpAddr| vec![net(ip), KeyValue::Proto(proto), KeyValue::Port(sp.port)];
 
         // ClusterIP traffic.
         match sp.internal {
-            Disposition::Forward(pool) => self.element(
+            Disposition::Forward(pool) => self.parts.element(
                 SERVICE_IPS,
                 dispatch(sp.cluster_ip),
                 Some(Verdict::Goto(pool_chain(pool))),
                 None,
             ),
-            other => self.element(
+            other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
                 dispatch(sp.cluster_ip),
                 Some(reject_or_drop(other)),
@@ -414,7 +415,7 @@ impl<'a> TableBuilder<'a> {
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
                 if sp.has_endpoints {
-                    self.element(
+                    self.parts.element(
                         SERVICE_IPS,
                         dispatch(*ip),
                         Some(Verdict::Goto(external_chain.clone())),
@@ -422,7 +423,7 @@ impl<'a> TableBuilder<'a> {
                     );
                 }
                 if !forwards {
-                    self.element(
+                    self.parts.element(
                         NO_ENDPOINT_SERVICES,
                         dispatch(*ip),
                         Some(reject_or_drop(external.disposition)),
@@ -440,9 +441,9 @@ impl<'a> TableBuilder<'a> {
                         Stmt::Verdict(Verdict::Drop),
                     ]
                 };
-                self.chain(&chain, vec![rule(stmts)]);
+                self.parts.chain(&chain, vec![rule(stmts)]);
                 for ip in &sp.load_balancer_ips {
-                    self.element(
+                    self.parts.element(
                         FIREWALL_IPS,
                         dispatch(*ip),
                         Some(Verdict::Goto(chain.clone())),
@@ -453,7 +454,7 @@ impl<'a> TableBuilder<'a> {
             if let Some(node_port) = sp.node_port {
                 let key = vec![KeyValue::Proto(proto), KeyValue::Port(node_port)];
                 if sp.has_endpoints {
-                    self.element(
+                    self.parts.element(
                         SERVICE_NODEPORTS,
                         key.clone(),
                         Some(Verdict::Goto(external_chain.clone())),
@@ -461,7 +462,7 @@ impl<'a> TableBuilder<'a> {
                     );
                 }
                 if !forwards {
-                    self.element(
+                    self.parts.element(
                         NO_ENDPOINT_NODEPORTS,
                         key,
                         Some(reject_or_drop(external.disposition)),
@@ -504,7 +505,7 @@ impl<'a> TableBuilder<'a> {
                 if let Disposition::Forward(pool) = external.disposition {
                     rules.push(rule(vec![goto(&pool_chain(pool))]));
                 }
-                self.chain(&external_chain, rules);
+                self.parts.chain(&external_chain, rules);
             }
         }
 
@@ -529,7 +530,7 @@ impl<'a> TableBuilder<'a> {
                 rules.push(known_client(id.protocol, maps, first));
             }
             rules.extend(random_choice(sp, endpoints, affinity.as_ref()));
-            self.chain(&pool_chain(pool), rules);
+            self.parts.chain(&pool_chain(pool), rules);
         }
         for endpoint in sp.reachable_endpoints() {
             self.hairpin.insert(endpoint.ip);
@@ -562,7 +563,7 @@ impl<'a> TableBuilder<'a> {
     }
 
     fn dynamic_map(&mut self, name: &str, data: Vec<KeyType>, timeout: u32) {
-        self.sets.push(Set {
+        self.parts.sets.push(Set {
             name: name.to_string(),
             key: vec![self.family.addr_type()],
             data: Some(MapData::Value(data)),
@@ -601,65 +602,6 @@ impl<'a> TableBuilder<'a> {
         }
         stmts.push(jump(MARK_FOR_MASQUERADE));
         Some(rule(stmts))
-    }
-
-    // ----- small builders -----
-
-    fn set(&mut self, name: &str, key: Vec<KeyType>, data: Option<MapData>, comment: &str) {
-        self.sets.push(Set {
-            name: name.into(),
-            key,
-            data,
-            flags: SetFlags::default(),
-            timeout_secs: None,
-            comment: Some(comment.into()),
-            elements: Vec::new(),
-        });
-    }
-
-    fn element(
-        &mut self,
-        set: &str,
-        key: Vec<KeyValue>,
-        verdict: Option<Verdict>,
-        comment: Option<String>,
-    ) {
-        if let Some(set) = self.sets.iter_mut().find(|s| s.name == set) {
-            set.elements.push(Element {
-                key,
-                verdict,
-                comment,
-            });
-        }
-    }
-
-    fn chain(&mut self, name: &str, rules: Vec<Rule>) {
-        self.chains.push(Chain {
-            name: name.into(),
-            base: None,
-            comment: None,
-            rules,
-        });
-    }
-
-    fn base(
-        &mut self,
-        name: &str,
-        chain_type: ChainType,
-        hook: Hook,
-        priority: i32,
-        rules: Vec<Rule>,
-    ) {
-        self.chains.push(Chain {
-            name: name.into(),
-            base: Some(BaseChain {
-                chain_type,
-                hook,
-                priority,
-            }),
-            comment: None,
-            rules,
-        });
     }
 }
 
@@ -763,25 +705,6 @@ fn random_choice(
         .collect()
 }
 
-/// `ip saddr 10.0.0.0/8` for one prefix, `ip saddr { a, b }` for several: nft turns a
-/// one-element anonymous set into a plain comparison, so we write it that way.
-fn addr_match(field: AddrField, op: CmpOp, nets: &[IpNet]) -> Stmt {
-    let unique: BTreeSet<IpNet> = nets.iter().copied().collect();
-    if unique.len() == 1 {
-        Stmt::Addr {
-            field,
-            op,
-            value: nets[0],
-        }
-    } else {
-        Stmt::AddrInList {
-            field,
-            op,
-            values: unique.into_iter().collect(),
-        }
-    }
-}
-
 /// nft refuses comments longer than 128 characters; a service port's name can reach
 /// 143 (63 + 63 + 15 and separators). Long ones keep their start, which names the
 /// namespace and service.
@@ -796,43 +719,9 @@ pub fn comment_text(text: &str) -> String {
     format!("{}...", &text[..COMMENT_MAX - 3])
 }
 
-fn dispatch_exprs() -> Vec<KeyExpr> {
-    vec![
-        KeyExpr::Addr(AddrField::Daddr),
-        KeyExpr::L4Proto,
-        KeyExpr::ThDport,
-    ]
-}
-
 fn loopback(family: Family) -> IpNet {
     match family {
         Family::Ip => "127.0.0.0/8".parse().expect("constant"),
         Family::Ip6 => "::1/128".parse().expect("constant"),
     }
-}
-
-fn net(ip: IpAddr) -> KeyValue {
-    KeyValue::Net(IpNet::from(ip))
-}
-
-fn rule(stmts: Vec<Stmt>) -> Rule {
-    Rule {
-        stmts,
-        comment: None,
-    }
-}
-
-fn commented(stmts: Vec<Stmt>, comment: &str) -> Rule {
-    Rule {
-        stmts,
-        comment: Some(comment.into()),
-    }
-}
-
-fn jump(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Jump(chain.into()))
-}
-
-fn goto(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Goto(chain.into()))
 }

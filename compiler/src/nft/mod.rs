@@ -1,6 +1,7 @@
 //! The nftables backend: the typed ruleset model, the layout that turns a plan into a
 //! ruleset, and the text and JSON renderers.
 
+pub(crate) mod build;
 pub mod fragment;
 pub mod ir;
 pub mod json;
