@@ -19,7 +19,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use svcproxy_agent::conntrack::{self, Conntrack, DeleteStats, Family, Flow, FlowFilter, TCP, UDP};
-use svcproxy_tests::require_kernel;
+
+mod common;
+use common::{Netns, require_kernel};
 
 const CLIENT_PORT: u16 = 40000;
 const SERVICE_PORT: u16 = 53;
@@ -27,58 +29,6 @@ const POD_PORT: u16 = 5353;
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long to wait before concluding that no pod got a datagram.
 const SILENCE: Duration = Duration::from_millis(300);
-
-// ----- environment -----
-
-/// The shared test namespace (`svcproxy_tests::Netns`: created with `lo` up, deleted
-/// on drop), with the shorthands this file uses; a failure is a test failure.
-struct Netns(svcproxy_tests::Netns);
-
-impl Netns {
-    fn new(label: &str) -> Netns {
-        let ns = svcproxy_tests::Netns::new(&format!("ct-{label}")).expect("netns");
-        // Links come up at once: no duplicate address detection, not even for the
-        // link-local addresses that neighbour discovery uses (it would take ~2 s).
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
-            .expect("accept_dad");
-        Netns(ns)
-    }
-
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    /// Runs `f` on a thread that has entered the namespace. Sockets it creates stay
-    /// in the namespace wherever they are used later.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.0.enter(f).expect("entering the namespace")
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        self.0.ip(args).expect("ip")
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> String {
-        self.0
-            .exec(program, args)
-            .expect("command in the namespace")
-    }
-
-    fn nft(&self, ruleset: &str) {
-        self.0.nft(ruleset).expect("nft -f")
-    }
-
-    /// The oracle: `conntrack -L` lines of `protocol` to `orig_dst`.
-    fn conntrack_list(&self, protocol: &str, orig_dst: IpAddr) -> Vec<String> {
-        let family = if orig_dst.is_ipv4() { "ipv4" } else { "ipv6" };
-        let dst = orig_dst.to_string();
-        let out = self.exec(
-            "conntrack",
-            &["-L", "-f", family, "-p", protocol, "--orig-dst", &dst],
-        );
-        out.lines().map(str::to_owned).collect()
-    }
-}
 
 // ----- the lab -----
 
@@ -228,7 +178,7 @@ impl Lab {
             to(0),
             to(0)
         );
-        self.node.nft(&ruleset);
+        self.node.nft_load(&ruleset);
     }
 
     /// A client UDP socket on `port`: every datagram it sends to a service belongs to

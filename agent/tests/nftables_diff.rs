@@ -13,12 +13,7 @@
 //! Needs root. Without it the tests print "skipped: needs root" and pass, unless
 //! `SVCPROXY_REQUIRE_KERNEL=1` (CI), in which case they fail.
 
-use std::fs::File;
-use std::io::Write as _;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
@@ -33,108 +28,9 @@ use svcproxy_compiler::nft::ir::{
 
 // ----- environment -----
 
-/// Whether kernel tests can run here; panics when they must but cannot.
-fn kernel_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
-    }
-    if std::env::var("SVCPROXY_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("SVCPROXY_REQUIRE_KERNEL=1 but these tests need root");
-    }
-    println!("skipped: needs root");
-    false
-}
+mod common;
 
-static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace `spd-<pid>-<n>`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "spd-{}-{}",
-            std::process::id(),
-            NEXT_NETNS.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]), None);
-        Netns { name }
-    }
-
-    /// Runs `f` on a thread inside the namespace: sockets it opens talk to that
-    /// namespace's nf_tables (and keep doing so from any thread afterwards).
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).expect("open netns");
-                    // SAFETY: a valid namespace fd; setns affects only this thread.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-        })
-    }
-
-    fn socket(&self) -> NftSocket {
-        self.enter(|| NftSocket::open().expect("open nf_tables socket"))
-    }
-
-    fn nft(&self, args: &[&str]) -> String {
-        run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft"])
-                .args(args),
-            None,
-        )
-    }
-
-    fn nft_load(&self, text: &str) {
-        run(
-            Command::new("ip").args(["netns", "exec", &self.name, "nft", "-f", "-"]),
-            Some(text),
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> String {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\ninput:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stdin.unwrap_or_default()
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
+use common::{Netns, require_kernel};
 
 /// `nft -j list ruleset` in a form that does not depend on creation history: no
 /// handles, objects sorted by kind, table and name, set elements sorted, rules kept
@@ -293,7 +189,7 @@ fn check_rulesets(name: &str, a: &Ruleset, b: &Ruleset, expected_messages: usize
     assert_eq!(messages, expected_messages, "{name}: message count");
 
     // Through netlink.
-    let ours = Netns::new();
+    let ours = Netns::new("diff");
     let mut socket = ours.socket();
     socket.apply_full(&a).expect("apply A");
     assert_eq!(
@@ -329,7 +225,7 @@ fn check_rulesets(name: &str, a: &Ruleset, b: &Ruleset, expected_messages: usize
     );
 
     // Against nft -f of B.
-    let reference = Netns::new();
+    let reference = Netns::new("diff");
     reference.nft_load(&svcproxy_compiler::nft::text::render(&b, &[]));
     let expected = json_listing(&reference);
     assert_eq!(
@@ -339,7 +235,7 @@ fn check_rulesets(name: &str, a: &Ruleset, b: &Ruleset, expected_messages: usize
     );
 
     // The nft text of the diff, on top of A loaded by nft.
-    let text = Netns::new();
+    let text = Netns::new("diff");
     text.nft_load(&svcproxy_compiler::nft::text::render(&a, &[]));
     if !changes.is_empty() {
         text.nft_load(&changes.to_nft());
@@ -383,7 +279,7 @@ fn count_ops(changes: &Changes, pred: impl Fn(&Op) -> bool) -> usize {
 
 #[test]
 fn one_endpoint_added() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -405,7 +301,7 @@ fn one_endpoint_added() {
 
 #[test]
 fn one_endpoint_removed() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -420,7 +316,7 @@ fn one_endpoint_removed() {
 
 #[test]
 fn service_added() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -451,7 +347,7 @@ endpoints:
 
 #[test]
 fn service_removed() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -465,7 +361,7 @@ fn service_removed() {
 
 #[test]
 fn service_scaled_to_zero_and_back() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -488,7 +384,7 @@ fn service_scaled_to_zero_and_back() {
 
 #[test]
 fn external_ip_added() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -504,7 +400,7 @@ fn external_ip_added() {
 
 #[test]
 fn cluster_ip_service_turned_node_port() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -527,7 +423,7 @@ fn cluster_ip_service_turned_node_port() {
 
 #[test]
 fn no_op() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -537,7 +433,7 @@ fn no_op() {
 
 #[test]
 fn affinity_timeout_changed() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -554,7 +450,7 @@ fn affinity_timeout_changed() {
 
 #[test]
 fn nodeport_addresses_changed() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = cluster();
@@ -572,7 +468,7 @@ fn nodeport_addresses_changed() {
 /// tables and chains are the other case) replaces that table in the transaction.
 #[test]
 fn base_chain_priority_changed() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = compile(&cluster());
@@ -599,7 +495,7 @@ fn base_chain_priority_changed() {
 /// counts are whatever the diff says (the scenarios above pin them down).
 #[test]
 fn fixture_to_fixture() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let mut files: Vec<PathBuf> = ["semantics", "seeds", "traffic"]
@@ -637,11 +533,11 @@ fn fixture_to_fixture() {
 
 #[test]
 fn drift_is_repaired_exactly() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let a = compile(&cluster());
-    let ns = Netns::new();
+    let ns = Netns::new("diff");
     let mut socket = ns.socket();
     socket.apply_full(&a).expect("apply A");
 
@@ -753,13 +649,13 @@ fn drift_is_repaired_exactly() {
 
 #[test]
 fn rejected_diff_changes_nothing() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let text = cluster();
     let a = compile(&text);
     let b = compile(&cut(&text, "# admin:", "# sticky:"));
-    let ns = Netns::new();
+    let ns = Netns::new("diff");
     let mut socket = ns.socket();
     socket.apply_full(&a).expect("apply A");
     let changes = diff(&a, &b);
@@ -848,7 +744,7 @@ fn mapped_chain_table() -> Table {
 /// one transaction? It does; in the other order it refuses with EBUSY, as it must.
 #[test]
 fn kernel_deletes_a_mapped_chain_with_its_element_in_one_transaction() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let table = mapped_chain_table();
@@ -857,7 +753,7 @@ fn kernel_deletes_a_mapped_chain_with_its_element_in_one_transaction() {
         ..table.sets[0].clone()
     };
     let element = table.sets[0].elements.clone();
-    let ns = Netns::new();
+    let ns = Netns::new("diff");
     let mut socket = ns.socket();
     socket
         .apply_full(&Ruleset {
@@ -884,7 +780,8 @@ fn kernel_deletes_a_mapped_chain_with_its_element_in_one_transaction() {
         .delete_elements(Family::Ip, "svcproxy", &set, &element)
         .expect("batch");
     right.delete_chain(Family::Ip, "svcproxy", "target");
-    let kernel = run(Command::new("uname").arg("-r"), None);
+    let kernel =
+        svcproxy_tests::netns::run(std::process::Command::new("uname").arg("-r")).expect("uname");
     socket
         .commit(&right, None)
         .unwrap_or_else(|e| panic!("kernel {} refused: {e}", kernel.trim()));
@@ -931,7 +828,7 @@ fn kernel_deletes_a_mapped_chain_with_its_element_in_one_transaction() {
 /// chain is flushed and kept, the next diff deletes it.
 #[test]
 fn deferred_stale_chains_go_in_the_next_diff() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let text = cluster();
@@ -940,7 +837,7 @@ fn deferred_stale_chains_go_in_the_next_diff() {
     let options = DiffOptions {
         stale_chains: StaleChains::DeferMapped,
     };
-    let ns = Netns::new();
+    let ns = Netns::new("diff");
     let mut socket = ns.socket();
     socket.apply_full(&a).expect("apply A");
 
@@ -1053,10 +950,10 @@ fn ten_thousand_services_one_endpoint_change() {
     // numgen steps, the last DNAT); the new endpoint's hairpin pair 1.
     assert_eq!(batch.len(), 1 + 7 + 1);
 
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("diff");
     let mut socket = ns.socket();
     let started = Instant::now();
     let full = socket.apply_full(&a).expect("apply A");
@@ -1078,7 +975,7 @@ fn ten_thousand_services_one_endpoint_change() {
 
     // The same change through nft, for comparison: most of a commit's time is the
     // kernel's, whoever sends it.
-    let reference = Netns::new();
+    let reference = Netns::new("diff");
     reference.nft_load(&svcproxy_compiler::nft::text::render(&a, &[]));
     let started = Instant::now();
     reference.nft_load(&text);

@@ -6,18 +6,13 @@
 //! Needs root. Without it the tests print "skipped: needs root" and pass, unless
 //! `SVCPROXY_REQUIRE_KERNEL=1` (CI), in which case they fail.
 
-use std::fs::File;
-use std::io::Write as _;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
 use ipnet::IpNet;
 use svcproxy_agent::cli::NodeFlags;
-use svcproxy_agent::nftables::{Batch, Error, NftSocket};
+use svcproxy_agent::nftables::{Batch, Error};
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, CmpOp, Element, Family, Hook, KeyExpr, KeyType,
     KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
@@ -25,107 +20,9 @@ use svcproxy_compiler::nft::ir::{
 
 // ----- environment -----
 
-/// Whether kernel tests can run here; panics when they must but cannot.
-fn kernel_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
-    }
-    if std::env::var("SVCPROXY_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("SVCPROXY_REQUIRE_KERNEL=1 but these tests need root");
-    }
-    println!("skipped: needs root");
-    false
-}
+mod common;
 
-static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace `spn-<pid>-<n>`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!(
-            "spn-{}-{}",
-            std::process::id(),
-            NEXT_NETNS.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]), None);
-        Netns { name }
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it opens talk to
-    /// that namespace's nf_tables.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).expect("open netns");
-                    // SAFETY: a valid namespace fd; setns affects only this thread.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-        })
-    }
-
-    fn nft(&self, args: &[&str]) -> String {
-        run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft"])
-                .args(args),
-            None,
-        )
-    }
-
-    fn nft_load(&self, text: &str) {
-        run(
-            Command::new("ip").args(["netns", "exec", &self.name, "nft", "-f", "-"]),
-            Some(text),
-        );
-    }
-
-    fn socket(&self) -> NftSocket {
-        self.enter(|| NftSocket::open().expect("open nf_tables socket"))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> String {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
+use common::{Netns, require_kernel};
 
 /// `nft -j list ruleset` without handles (they depend on creation history).
 fn json_listing(ns: &Netns) -> serde_json::Value {
@@ -771,17 +668,17 @@ table ip6 svcproxy {
 
 #[test]
 fn netlink_ruleset_lists_exactly_like_nft_f() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let ruleset = full_ruleset();
-    let ours = Netns::new();
+    let ours = Netns::new("nl");
     let commit = ours
         .enter(|| svcproxy_agent::nftables::apply_full(&ruleset))
         .expect("apply_full");
     assert!(commit.messages > 0);
 
-    let reference = Netns::new();
+    let reference = Netns::new("nl");
     reference.nft_load(FULL_RULESET_NFT);
 
     let text = ours.nft(&["list", "ruleset"]);
@@ -805,11 +702,11 @@ fn netlink_ruleset_lists_exactly_like_nft_f() {
 
 #[test]
 fn decoder_reads_back_the_applied_ruleset() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let ruleset = full_ruleset();
-    let ns = Netns::new();
+    let ns = Netns::new("nl");
     let mut socket = ns.socket();
     let (read, generation) = ns.enter(|| {
         let commit = socket.apply_full(&ruleset).expect("apply_full");
@@ -838,10 +735,10 @@ fn decoder_reads_back_the_applied_ruleset() {
 
 #[test]
 fn rejected_batch_names_the_message_and_changes_nothing() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("nl");
     ns.nft_load("table ip bystander {\n chain c {\n  ip daddr 192.0.2.1 drop\n }\n}\n");
     let good = full_ruleset();
     let mut socket = ns.socket();
@@ -894,10 +791,10 @@ fn rejected_batch_names_the_message_and_changes_nothing() {
 
 #[test]
 fn stale_generation_is_refused() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("nl");
     let mut socket = ns.socket();
     let stale = ns.enter(|| socket.generation()).expect("generation");
     ns.nft_load("table ip someone-else { }");
@@ -920,7 +817,7 @@ fn stale_generation_is_refused() {
 /// One run each, printed: 10,000 map elements through netlink vs `nft -f`.
 #[test]
 fn ten_thousand_map_elements() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     const N: u32 = 10_000;
@@ -969,7 +866,7 @@ fn ten_thousand_map_elements() {
         tables: vec![table],
     };
 
-    let ns = Netns::new();
+    let ns = Netns::new("nl");
     let mut socket = ns.socket();
     let (commit, netlink_time) = ns.enter(|| {
         let start = Instant::now();
@@ -987,7 +884,7 @@ fn ten_thousand_map_elements() {
     text.push_str(
         "}\n }\n chain svc { accept; }\n chain services { type nat hook prerouting priority -100; policy accept; ip daddr . meta l4proto . th dport vmap @service-ips; }\n}\n",
     );
-    let reference = Netns::new();
+    let reference = Netns::new("nl");
     let start = Instant::now();
     reference.nft_load(&text);
     let nft_time = start.elapsed();
@@ -1031,7 +928,7 @@ fn fixture_files() -> Vec<PathBuf> {
 /// text loaded with `nft -f`, and reads back as the same IR.
 #[test]
 fn compiled_fixtures_apply_like_their_nft_text() {
-    if !kernel_available() {
+    if !require_kernel() {
         return;
     }
     let fixtures = fixture_files();
@@ -1058,13 +955,13 @@ fn compiled_fixtures_apply_like_their_nft_text() {
             .map(|t| (t.family, t.name.as_str()))
             .collect();
 
-        let ours = Netns::new();
+        let ours = Netns::new("nl");
         let mut socket = ours.socket();
         let outcome = ours.enter(|| {
             socket.apply_full(&ruleset)?;
             socket.read_tables(&names)
         });
-        let reference = Netns::new();
+        let reference = Netns::new("nl");
         reference.nft_load(&svcproxy_compiler::nft::text::render(&ruleset, &[]));
 
         let name = fixture
