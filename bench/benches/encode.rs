@@ -1,5 +1,5 @@
 //! Encoding a whole ruleset into its netlink transaction (the cold start's batch):
-//! IR to messages, and every message's wire length (what emitting them walks).
+//! IR to messages, and messages to the wire bytes one `sendmsg` carries.
 
 /// The allocator the `svcproxy` binary uses, so the figures are the product's.
 #[global_allocator]
@@ -19,6 +19,18 @@ fn encode(c: &mut Criterion) {
             let batch = full_replacement(&ruleset).expect("encodes");
             batch.wire_len()
         })
+    });
+    // What a cold apply spends before `sendmsg`: the batch and its bytes.
+    group.bench_function("to-bytes/10000x5", |b| {
+        b.iter(|| {
+            let batch = full_replacement(&ruleset).expect("encodes");
+            batch.encode(1, Some(1)).len()
+        })
+    });
+    // The emission alone, from a batch built once.
+    let batch = full_replacement(&ruleset).expect("encodes");
+    group.bench_function("emit/10000x5", |b| {
+        b.iter(|| batch.encode(1, Some(1)).len())
     });
     group.finish();
 }

@@ -9,8 +9,8 @@
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table};
 
-use super::attr::Attr;
-use super::element::{element_attrs, element_key_attrs};
+use super::attr::{Attr, AttrBuf};
+use super::element::{Nests, element_attrs, element_key_attrs};
 use super::error::{Error, Result};
 use super::msg::Message;
 use super::rule::{AnonAddrSet, encode_stmts};
@@ -51,6 +51,24 @@ impl Batch {
         &self.messages
     }
 
+    /// The bytes one `sendmsg` carries for this batch: `BATCH_BEGIN` (sequence number
+    /// `first_seq`, carrying `expected_generation`), the requests numbered on from it,
+    /// then `BATCH_END`. Public so benchmarks and byte-pinning tests see exactly what
+    /// [`super::NftSocket::commit`] sends.
+    pub fn encode(&self, first_seq: u32, expected_generation: Option<u32>) -> Vec<u8> {
+        let begin = Message::batch_begin(expected_generation);
+        let end = Message::batch_end();
+        // Sized exactly: the batch can be hundreds of megabytes, and growing it by
+        // doubling would copy it again and again.
+        let mut bytes = Vec::with_capacity(begin.wire_len() + self.wire_len() + end.wire_len());
+        let mut seq = first_seq;
+        for message in std::iter::once(&begin).chain(&self.messages).chain([&end]) {
+            message.emit(seq, &mut bytes);
+            seq = seq.wrapping_add(1);
+        }
+        bytes
+    }
+
     /// Removes the table and everything in it, creating it first if it does not exist:
     /// `DELTABLE` alone would fail the whole batch with `ENOENT` on a fresh host.
     pub fn delete_table_if_exists(&mut self, family: Family, name: &str) -> Result<()> {
@@ -85,9 +103,7 @@ impl Batch {
         let id = self.take_set_id();
         self.messages.push(Message::new_set(
             family,
-            table,
-            &set.name,
-            set_attrs(table, set, id, SetKind::Named)?,
+            encoded(&set_attrs(table, set, id, SetKind::Named)?),
         ));
         self.push_elements(
             family,
@@ -215,41 +231,53 @@ impl Batch {
         };
         self.messages.push(Message::new_set(
             family,
-            table,
-            ANON_SET_NAME,
-            set_attrs(table, &set, id, kind)?,
+            encoded(&set_attrs(table, &set, id, kind)?),
         ));
         self.push_elements(family, table, ANON_SET_NAME, Some(id), elements, false);
         Ok(())
     }
 
-    /// Splits element nests over as many messages as their size needs.
+    /// Splits element nests over as many messages as their size needs; each message
+    /// carries a run of the encoded nests as they are.
     fn push_elements(
         &mut self,
         family: Family,
         table: &str,
         set: &str,
         set_id: Option<u32>,
-        nests: Vec<Attr>,
+        nests: Nests,
         delete: bool,
     ) {
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        for nest in nests {
-            let len = nest.wire_len();
-            if !chunk.is_empty() && chunk_bytes + len > MAX_ELEMENT_BYTES_PER_MESSAGE {
-                let full = std::mem::take(&mut chunk);
+        let bytes = nests.as_bytes();
+        let mut chunk_start = 0;
+        let mut chunk_end = 0;
+        let mut count = 0;
+        for &end in nests.ends() {
+            if count > 0 && end - chunk_start > MAX_ELEMENT_BYTES_PER_MESSAGE {
                 self.messages.push(Message::set_elements(
-                    family, table, set, set_id, full, delete,
+                    family,
+                    table,
+                    set,
+                    set_id,
+                    &bytes[chunk_start..chunk_end],
+                    count,
+                    delete,
                 ));
-                chunk_bytes = 0;
+                chunk_start = chunk_end;
+                count = 0;
             }
-            chunk_bytes += len;
-            chunk.push(nest);
+            chunk_end = end;
+            count += 1;
         }
-        if !chunk.is_empty() {
+        if count > 0 {
             self.messages.push(Message::set_elements(
-                family, table, set, set_id, chunk, delete,
+                family,
+                table,
+                set,
+                set_id,
+                &bytes[chunk_start..chunk_end],
+                count,
+                delete,
             ));
         }
     }
@@ -258,6 +286,15 @@ impl Batch {
         self.next_set_id += 1;
         self.next_set_id
     }
+}
+
+/// Attributes built as a list (set descriptions), in wire form.
+fn encoded(attrs: &[Attr]) -> AttrBuf {
+    let mut w = AttrBuf::new();
+    for attr in attrs {
+        w.attr(attr);
+    }
+    w
 }
 
 /// The IR set an anonymous `{ address-or-prefix, ... }` list stands for. Like nft, a

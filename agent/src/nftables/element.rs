@@ -15,36 +15,65 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{Element, KeyValue, MapData, Set, Verdict};
 
-use super::attr::{Attr, Attrs};
+use super::attr::{AttrBuf, Attrs};
 use super::error::{Error, Result};
-use super::expr::{Data, parse_data, value_attr, verdict_attr};
+use super::expr::{Data, parse_data, write_value, write_verdict};
 use super::layout;
 use super::set::SetInfo;
-use super::uapi::elem as el;
+use super::uapi::{elem as el, list};
 use super::udata;
 
-/// The element nests (`NFTA_LIST_ELEM`) for `elements` of `set`, in the order nft
-/// sends them. The caller splits them over messages.
-pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
+/// Element nests (`NFTA_LIST_ELEM`) in wire form, and where each one ends: the
+/// caller splits them over messages at nest boundaries. Written straight into one
+/// buffer because a large map has hundreds of thousands of elements.
+#[derive(Debug, Default)]
+pub(crate) struct Nests {
+    buf: AttrBuf,
+    ends: Vec<usize>,
+}
+
+impl Nests {
+    fn push(&mut self, f: impl FnOnce(&mut AttrBuf) -> Result<()>) -> Result<()> {
+        self.buf.nest(list::ELEM, f)?;
+        self.ends.push(self.buf.len());
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// All the nests, back to back.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.as_bytes()
+    }
+
+    /// Where each nest ends in [`Nests::as_bytes`].
+    pub fn ends(&self) -> &[usize] {
+        &self.ends
+    }
+}
+
+/// The element nests for `elements` of `set`, in the order nft sends them.
+pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Nests> {
     if set.flags.interval && set.key.len() == 1 {
         return rbtree_elements(set, elements);
     }
-    let mut out = Vec::with_capacity(elements.len());
+    let mut out = Nests::default();
     for element in elements {
-        let mut attrs = vec![value_attr(
-            el::KEY,
-            &layout::key_bytes(&set.key, &element.key)?,
-        )];
-        if set.flags.interval {
-            attrs.push(value_attr(
-                el::KEY_END,
-                &layout::key_end_bytes(&set.key, &element.key)?,
-            ));
-        } else {
-            require_hosts(set, element)?;
-        }
-        push_data_and_comment(set, element, false, &mut attrs)?;
-        out.push(Attr::nested(1, attrs));
+        out.push(|w| {
+            write_value(w, el::KEY, &layout::key_bytes(&set.key, &element.key)?);
+            if set.flags.interval {
+                write_value(
+                    w,
+                    el::KEY_END,
+                    &layout::key_end_bytes(&set.key, &element.key)?,
+                );
+            } else {
+                require_hosts(set, element)?;
+            }
+            write_data_and_comment(set, element, false, w)
+        })?;
     }
     Ok(out)
 }
@@ -54,28 +83,28 @@ pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>
 /// compared). Single-type interval sets are refused: their elements are pairs of
 /// boundaries that neighbouring intervals may share, so they are flushed and refilled
 /// instead.
-pub(crate) fn element_key_attrs(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
+pub(crate) fn element_key_attrs(set: &Set, elements: &[Element]) -> Result<Nests> {
     if set.flags.interval && set.key.len() == 1 {
         return Err(Error::encode(format!(
             "interval set {}: deleting single intervals is not supported (flush and refill the set)",
             set.name
         )));
     }
-    let mut out = Vec::with_capacity(elements.len());
+    let mut out = Nests::default();
     for element in elements {
-        let mut attrs = vec![value_attr(
-            el::KEY,
-            &layout::key_bytes(&set.key, &element.key)?,
-        )];
-        if set.flags.interval {
-            attrs.push(value_attr(
-                el::KEY_END,
-                &layout::key_end_bytes(&set.key, &element.key)?,
-            ));
-        } else {
-            require_hosts(set, element)?;
-        }
-        out.push(Attr::nested(1, attrs));
+        out.push(|w| {
+            write_value(w, el::KEY, &layout::key_bytes(&set.key, &element.key)?);
+            if set.flags.interval {
+                write_value(
+                    w,
+                    el::KEY_END,
+                    &layout::key_end_bytes(&set.key, &element.key)?,
+                );
+            } else {
+                require_hosts(set, element)?;
+            }
+            Ok(())
+        })?;
     }
     Ok(out)
 }
@@ -94,15 +123,10 @@ fn require_hosts(set: &Set, element: &Element) -> Result<()> {
     }
 }
 
-fn push_data_and_comment(
-    set: &Set,
-    element: &Element,
-    open: bool,
-    attrs: &mut Vec<Attr>,
-) -> Result<()> {
+fn write_data_and_comment(set: &Set, element: &Element, open: bool, w: &mut AttrBuf) -> Result<()> {
     match (&set.data, &element.verdict) {
         (Some(MapData::Verdict), Some(verdict)) => {
-            attrs.push(Attr::nested(el::DATA, vec![verdict_attr(verdict)]));
+            w.nest(el::DATA, |w| write_verdict(w, verdict));
         }
         (None, None) => {}
         // Only the packet path writes data-map elements (`Stmt::UpdateMap`).
@@ -126,21 +150,21 @@ fn push_data_and_comment(
         }
     }
     if element.comment.is_some() || open {
-        let mut w = udata::Writer::new();
+        let mut u = udata::Writer::new();
         if let Some(comment) = &element.comment {
             udata::check_comment(comment)?;
-            w.put_str(udata::elem::COMMENT, comment)?;
+            u.put_str(udata::elem::COMMENT, comment)?;
         }
         if open {
-            w.put_u32(udata::elem::FLAGS, udata::elem::F_INTERVAL_OPEN)?;
+            u.put_u32(udata::elem::FLAGS, udata::elem::F_INTERVAL_OPEN)?;
         }
-        attrs.push(Attr::bytes(el::USERDATA, w.finish()));
+        w.bytes(el::USERDATA, &u.finish());
     }
     Ok(())
 }
 
 /// Start/end element pairs of a single-type interval set.
-fn rbtree_elements(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
+fn rbtree_elements(set: &Set, elements: &[Element]) -> Result<Nests> {
     let mut ranges = Vec::with_capacity(elements.len());
     for element in elements {
         match element.key.as_slice() {
@@ -154,20 +178,18 @@ fn rbtree_elements(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
         }
     }
     ranges.sort_by_key(|(net, _)| addr_number(&net.network()));
-    let mut out = Vec::with_capacity(2 * ranges.len() + 1);
-    let end_elem = |addr: &IpAddr| {
-        Attr::nested(
-            1,
-            vec![
-                Attr::u32(el::FLAGS, el::F_INTERVAL_END),
-                value_attr(el::KEY, &layout::addr_bytes(addr)),
-            ],
-        )
+    let mut out = Nests::default();
+    let end_elem = |out: &mut Nests, addr: &IpAddr| {
+        out.push(|w| {
+            w.u32(el::FLAGS, el::F_INTERVAL_END);
+            write_value(w, el::KEY, &layout::addr_bytes(addr));
+            Ok(())
+        })
     };
     // nft closes the gap below the first interval with an end element at address 0.
     if let Some((first, _)) = ranges.first() {
         if addr_number(&first.network()) != 0 {
-            out.push(end_elem(&zero_like(&first.network())));
+            end_elem(&mut out, &zero_like(&first.network()))?;
         }
     }
     let mut previous_last: Option<u128> = None;
@@ -181,11 +203,12 @@ fn rbtree_elements(set: &Set, elements: &[Element]) -> Result<Vec<Attr>> {
         }
         previous_last = Some(addr_number(&net.broadcast()));
         let after = next_addr(&net.broadcast());
-        let mut attrs = vec![value_attr(el::KEY, &layout::addr_bytes(&net.network()))];
-        push_data_and_comment(set, element, after.is_none(), &mut attrs)?;
-        out.push(Attr::nested(1, attrs));
+        out.push(|w| {
+            write_value(w, el::KEY, &layout::addr_bytes(&net.network()));
+            write_data_and_comment(set, element, after.is_none(), w)
+        })?;
         if let Some(after) = after {
-            out.push(end_elem(&after));
+            end_elem(&mut out, &after)?;
         }
     }
     Ok(out)
@@ -418,7 +441,6 @@ mod tests {
     use svcproxy_compiler::nft::ir::{KeyType, SetFlags};
 
     use super::*;
-    use crate::nftables::attr::emit_attrs;
 
     fn net(s: &str) -> KeyValue {
         KeyValue::Net(s.parse().unwrap())
@@ -448,9 +470,8 @@ mod tests {
 
     /// Encodes, then decodes the way a dump would hand the elements back.
     fn through_the_kernel_format(set: &Set) -> Vec<Element> {
-        let mut buf = Vec::new();
-        emit_attrs(&element_attrs(set, &set.elements).unwrap(), &mut buf);
-        let mut raw: Vec<RawElement> = Attrs::parse(&buf)
+        let nests = element_attrs(set, &set.elements).unwrap();
+        let mut raw: Vec<RawElement> = Attrs::parse(nests.as_bytes())
             .unwrap()
             .iter()
             .map(|(_, v)| RawElement::from_attrs(&Attrs::parse(v).unwrap()).unwrap())

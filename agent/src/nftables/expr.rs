@@ -7,7 +7,7 @@
 
 use svcproxy_compiler::nft::ir::Verdict;
 
-use super::attr::{Attr, Attrs};
+use super::attr::{AttrBuf, Attrs};
 use super::error::{Error, Result};
 use super::uapi::{data, expr as ex, list};
 
@@ -116,47 +116,55 @@ impl Expr {
         }
     }
 
-    /// The `NFTA_LIST_ELEM` nest for this expression inside `NFTA_RULE_EXPRESSIONS`.
-    /// Attribute order follows libnftnl, so a byte dump compares equal to nft's.
-    pub fn to_attr(&self) -> Attr {
-        let data = match self {
+    /// Writes the `NFTA_LIST_ELEM` nest for this expression inside
+    /// `NFTA_RULE_EXPRESSIONS`. Attribute order follows libnftnl, so a byte dump
+    /// compares equal to nft's.
+    pub fn encode(&self, w: &mut AttrBuf) {
+        w.nest(list::ELEM, |w| {
+            w.str(list::EXPR_NAME, self.name());
+            w.nest(list::EXPR_DATA, |w| self.encode_data(w));
+        });
+    }
+
+    fn encode_data(&self, w: &mut AttrBuf) {
+        match self {
             Expr::Payload {
                 base,
                 offset,
                 len,
                 dreg,
-            } => vec![
-                Attr::u32(ex::payload::DREG, *dreg),
-                Attr::u32(ex::payload::BASE, base.code()),
-                Attr::u32(ex::payload::OFFSET, *offset),
-                Attr::u32(ex::payload::LEN, *len),
-            ],
-            Expr::MetaLoad { key, dreg } => vec![
-                Attr::u32(ex::meta::KEY, key.code()),
-                Attr::u32(ex::meta::DREG, *dreg),
-            ],
-            Expr::MetaSet { key, sreg } => vec![
-                Attr::u32(ex::meta::KEY, key.code()),
-                Attr::u32(ex::meta::SREG, *sreg),
-            ],
-            Expr::Cmp { sreg, op, data } => vec![
-                Attr::u32(ex::cmp::SREG, *sreg),
-                Attr::u32(ex::cmp::OP, op.code()),
-                value_attr(ex::cmp::DATA, data),
-            ],
+            } => {
+                w.u32(ex::payload::DREG, *dreg);
+                w.u32(ex::payload::BASE, base.code());
+                w.u32(ex::payload::OFFSET, *offset);
+                w.u32(ex::payload::LEN, *len);
+            }
+            Expr::MetaLoad { key, dreg } => {
+                w.u32(ex::meta::KEY, key.code());
+                w.u32(ex::meta::DREG, *dreg);
+            }
+            Expr::MetaSet { key, sreg } => {
+                w.u32(ex::meta::KEY, key.code());
+                w.u32(ex::meta::SREG, *sreg);
+            }
+            Expr::Cmp { sreg, op, data } => {
+                w.u32(ex::cmp::SREG, *sreg);
+                w.u32(ex::cmp::OP, op.code());
+                write_value(w, ex::cmp::DATA, data);
+            }
             Expr::Bitwise {
                 sreg,
                 dreg,
                 mask,
                 xor,
-            } => vec![
-                Attr::u32(ex::bitwise::SREG, *sreg),
-                Attr::u32(ex::bitwise::DREG, *dreg),
-                Attr::u32(ex::bitwise::OP, ex::bitwise::OP_MASK_XOR),
-                Attr::u32(ex::bitwise::LEN, mask.len() as u32),
-                value_attr(ex::bitwise::MASK, mask),
-                value_attr(ex::bitwise::XOR, xor),
-            ],
+            } => {
+                w.u32(ex::bitwise::SREG, *sreg);
+                w.u32(ex::bitwise::DREG, *dreg);
+                w.u32(ex::bitwise::OP, ex::bitwise::OP_MASK_XOR);
+                w.u32(ex::bitwise::LEN, mask.len() as u32);
+                write_value(w, ex::bitwise::MASK, mask);
+                write_value(w, ex::bitwise::XOR, xor);
+            }
             Expr::Lookup {
                 sreg,
                 set,
@@ -164,89 +172,78 @@ impl Expr {
                 dreg,
                 invert,
             } => {
-                let mut attrs = vec![
-                    Attr::u32(ex::lookup::SREG, *sreg),
-                    Attr::str(ex::lookup::SET, set),
-                ];
+                w.u32(ex::lookup::SREG, *sreg);
+                w.str(ex::lookup::SET, set);
                 if let Some(id) = set_id {
-                    attrs.push(Attr::u32(ex::lookup::SET_ID, *id));
+                    w.u32(ex::lookup::SET_ID, *id);
                 }
                 if let Some(dreg) = dreg {
-                    attrs.push(Attr::u32(ex::lookup::DREG, *dreg));
+                    w.u32(ex::lookup::DREG, *dreg);
                 }
                 if *invert {
-                    attrs.push(Attr::u32(ex::lookup::FLAGS, ex::lookup::F_INV));
+                    w.u32(ex::lookup::FLAGS, ex::lookup::F_INV);
                 }
-                attrs
             }
-            Expr::Immediate { dreg, data } => vec![
-                Attr::u32(ex::immediate::DREG, *dreg),
-                data_attr(ex::immediate::DATA, data),
-            ],
-            Expr::NumgenRandom { dreg, modulus } => vec![
-                Attr::u32(ex::numgen::DREG, *dreg),
-                Attr::u32(ex::numgen::MODULUS, *modulus),
-                Attr::u32(ex::numgen::TYPE, ex::numgen::TYPE_RANDOM),
-                Attr::u32(ex::numgen::OFFSET, 0),
-            ],
+            Expr::Immediate { dreg, data } => {
+                w.u32(ex::immediate::DREG, *dreg);
+                match data {
+                    Data::Value(bytes) => write_value(w, ex::immediate::DATA, bytes),
+                    Data::Verdict(verdict) => {
+                        w.nest(ex::immediate::DATA, |w| write_verdict(w, verdict))
+                    }
+                }
+            }
+            Expr::NumgenRandom { dreg, modulus } => {
+                w.u32(ex::numgen::DREG, *dreg);
+                w.u32(ex::numgen::MODULUS, *modulus);
+                w.u32(ex::numgen::TYPE, ex::numgen::TYPE_RANDOM);
+                w.u32(ex::numgen::OFFSET, 0);
+            }
             Expr::Dnat {
                 family,
                 addr_reg,
                 proto_reg,
                 flags,
             } => {
-                let mut attrs = vec![
-                    Attr::u32(ex::nat::TYPE, ex::nat::TYPE_DNAT),
-                    Attr::u32(ex::nat::FAMILY, u32::from(*family)),
-                    Attr::u32(ex::nat::REG_ADDR_MIN, *addr_reg),
-                    Attr::u32(ex::nat::REG_PROTO_MIN, *proto_reg),
-                ];
+                w.u32(ex::nat::TYPE, ex::nat::TYPE_DNAT);
+                w.u32(ex::nat::FAMILY, u32::from(*family));
+                w.u32(ex::nat::REG_ADDR_MIN, *addr_reg);
+                w.u32(ex::nat::REG_PROTO_MIN, *proto_reg);
                 if *flags != 0 {
-                    attrs.push(Attr::u32(ex::nat::FLAGS, *flags));
+                    w.u32(ex::nat::FLAGS, *flags);
                 }
-                attrs
             }
-            Expr::Masq { flags } => vec![Attr::u32(ex::masq::FLAGS, *flags)],
-            Expr::Reject { kind, code } => vec![
-                Attr::u32(ex::reject::TYPE, *kind),
-                Attr::bytes(ex::reject::ICMP_CODE, vec![*code]),
-            ],
-            Expr::CtState { dreg } => vec![
-                Attr::u32(ex::ct::KEY, ex::ct::KEY_STATE),
-                Attr::u32(ex::ct::DREG, *dreg),
-            ],
-            Expr::FibAddrType { flags, dreg } => vec![
-                Attr::u32(ex::fib::FLAGS, *flags),
-                Attr::u32(ex::fib::RESULT, ex::fib::RESULT_ADDRTYPE),
-                Attr::u32(ex::fib::DREG, *dreg),
-            ],
+            Expr::Masq { flags } => w.u32(ex::masq::FLAGS, *flags),
+            Expr::Reject { kind, code } => {
+                w.u32(ex::reject::TYPE, *kind);
+                w.bytes(ex::reject::ICMP_CODE, &[*code]);
+            }
+            Expr::CtState { dreg } => {
+                w.u32(ex::ct::KEY, ex::ct::KEY_STATE);
+                w.u32(ex::ct::DREG, *dreg);
+            }
+            Expr::FibAddrType { flags, dreg } => {
+                w.u32(ex::fib::FLAGS, *flags);
+                w.u32(ex::fib::RESULT, ex::fib::RESULT_ADDRTYPE);
+                w.u32(ex::fib::DREG, *dreg);
+            }
             Expr::DynsetUpdate {
                 sreg_key,
                 sreg_data,
                 set,
                 set_id,
             } => {
-                let mut attrs = vec![Attr::u32(ex::dynset::SREG_KEY, *sreg_key)];
+                w.u32(ex::dynset::SREG_KEY, *sreg_key);
                 if let Some(sreg_data) = sreg_data {
-                    attrs.push(Attr::u32(ex::dynset::SREG_DATA, *sreg_data));
+                    w.u32(ex::dynset::SREG_DATA, *sreg_data);
                 }
-                attrs.extend([
-                    Attr::u32(ex::dynset::OP, ex::dynset::OP_UPDATE),
-                    Attr::str(ex::dynset::SET_NAME, set),
-                ]);
+                w.u32(ex::dynset::OP, ex::dynset::OP_UPDATE);
+                w.str(ex::dynset::SET_NAME, set);
                 if let Some(id) = set_id {
-                    attrs.push(Attr::u32(ex::dynset::SET_ID, *id));
+                    w.u32(ex::dynset::SET_ID, *id);
                 }
-                attrs
             }
-        };
-        Attr::nested(
-            list::ELEM,
-            vec![
-                Attr::str(list::EXPR_NAME, self.name()),
-                Attr::nested(list::EXPR_DATA, data),
-            ],
-        )
+        }
     }
 
     /// Decodes one `NFTA_LIST_ELEM` of a rule's expression list.
@@ -435,20 +432,12 @@ impl CmpOp {
 }
 
 /// `KIND { NFTA_DATA_VALUE bytes }`
-pub(crate) fn value_attr(kind: u16, bytes: &[u8]) -> Attr {
-    Attr::nested(kind, vec![Attr::bytes(data::VALUE, bytes)])
-}
-
-/// `KIND { NFTA_DATA_VALUE .. }` or `KIND { NFTA_DATA_VERDICT { code [chain] } }`.
-pub(crate) fn data_attr(kind: u16, value: &Data) -> Attr {
-    match value {
-        Data::Value(bytes) => value_attr(kind, bytes),
-        Data::Verdict(verdict) => Attr::nested(kind, vec![verdict_attr(verdict)]),
-    }
+pub(crate) fn write_value(w: &mut AttrBuf, kind: u16, bytes: &[u8]) {
+    w.nest(kind, |w| w.bytes(data::VALUE, bytes));
 }
 
 /// `NFTA_DATA_VERDICT { NFTA_VERDICT_CODE, [NFTA_VERDICT_CHAIN] }`
-pub(crate) fn verdict_attr(verdict: &Verdict) -> Attr {
+pub(crate) fn write_verdict(w: &mut AttrBuf, verdict: &Verdict) {
     let (code, chain) = match verdict {
         Verdict::Accept => (data::NF_ACCEPT, None),
         Verdict::Drop => (data::NF_DROP, None),
@@ -456,11 +445,12 @@ pub(crate) fn verdict_attr(verdict: &Verdict) -> Attr {
         Verdict::Jump(chain) => (data::NFT_JUMP, Some(chain)),
         Verdict::Goto(chain) => (data::NFT_GOTO, Some(chain)),
     };
-    let mut attrs = vec![Attr::u32(data::VERDICT_CODE, code)];
-    if let Some(chain) = chain {
-        attrs.push(Attr::str(data::VERDICT_CHAIN, chain));
-    }
-    Attr::nested(data::VERDICT, attrs)
+    w.nest(data::VERDICT, |w| {
+        w.u32(data::VERDICT_CODE, code);
+        if let Some(chain) = chain {
+            w.str(data::VERDICT_CHAIN, chain);
+        }
+    });
 }
 
 /// Decodes the content of an `NFTA_DATA_*` nest that must hold a value.
@@ -495,12 +485,11 @@ pub(crate) fn parse_data(nest: &Attrs<'_>) -> Result<Data> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nftables::attr::emit_attrs;
 
     fn round_trip(expr: Expr) {
-        let mut buf = Vec::new();
-        emit_attrs(&[expr.to_attr()], &mut buf);
-        let outer = Attrs::parse(&buf).unwrap();
+        let mut w = AttrBuf::new();
+        expr.encode(&mut w);
+        let outer = Attrs::parse(w.as_bytes()).unwrap();
         let elem = outer.need_nested(list::ELEM, "elem").unwrap();
         assert_eq!(Expr::from_attrs(&elem).unwrap(), expr);
     }
@@ -596,8 +585,9 @@ mod tests {
 
     #[test]
     fn verdict_codes_match_the_kernel() {
-        let mut buf = Vec::new();
-        emit_attrs(&[verdict_attr(&Verdict::Jump("services".into()))], &mut buf);
+        let mut w = AttrBuf::new();
+        write_verdict(&mut w, &Verdict::Jump("services".into()));
+        let buf = w.as_bytes();
         // NFTA_DATA_VERDICT { NFTA_VERDICT_CODE = NFT_JUMP (-3), NFTA_VERDICT_CHAIN }
         assert_eq!(&buf[4..12], &[8, 0, 1, 0, 0xff, 0xff, 0xff, 0xfd]);
     }

@@ -132,23 +132,20 @@ impl NftSocket {
     /// it (and we return [`Error::GenerationChanged`]) if the ruleset changed since.
     pub fn commit(&mut self, batch: &Batch, expected_generation: Option<u32>) -> Result<Commit> {
         let started = Instant::now();
-        let begin = Message::batch_begin(expected_generation);
-        let end = Message::batch_end();
-        let mut descriptions = Vec::with_capacity(batch.len() + 2);
-        let mut bytes = Vec::with_capacity(batch.wire_len() + 64);
+        // One sequence number per message, begin and end markers included.
+        let messages = batch.len() + 2;
         let first_seq = self.next_seq;
-        for message in std::iter::once(&begin)
-            .chain(batch.messages())
-            .chain([&end])
-        {
-            let seq = self.take_seq();
-            message.emit(seq, &mut bytes);
-            descriptions.push(message.what.as_str());
-        }
+        self.next_seq = first_seq.wrapping_add(messages as u32);
+        let bytes = batch.encode(first_seq, expected_generation);
+        // Descriptions are only needed for refused messages: build them then.
         let what = |seq: u32| -> String {
-            descriptions
-                .get(seq.wrapping_sub(first_seq) as usize)
-                .map_or_else(|| format!("message seq {seq}"), |d| d.to_string())
+            let index = seq.wrapping_sub(first_seq) as usize;
+            match index {
+                0 => Message::batch_begin(expected_generation).what(),
+                i if i <= batch.len() => batch.messages()[i - 1].what(),
+                i if i == batch.len() + 1 => Message::batch_end().what(),
+                _ => format!("message seq {seq}"),
+            }
         };
 
         self.size_buffers(bytes.len(), batch.len())?;
@@ -164,7 +161,7 @@ impl NftSocket {
                 if reply.seq == fence {
                     break 'read generation_of(&reply)?;
                 }
-                let in_batch = (reply.seq.wrapping_sub(first_seq) as usize) < descriptions.len();
+                let in_batch = (reply.seq.wrapping_sub(first_seq) as usize) < messages;
                 if reply.msg_type != NLMSG_ERROR || !in_batch {
                     continue;
                 }
@@ -386,7 +383,7 @@ fn request_error(request: &Message, ack: Ack) -> Error {
         source = std::io::Error::new(source.kind(), format!("{source} ({detail})"));
     }
     Error::Request {
-        what: request.what.clone(),
+        what: request.what(),
         source,
     }
 }
