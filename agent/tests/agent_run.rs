@@ -126,11 +126,12 @@ fn agent_command(node: &Netns, snapshots: &Path, min_sync_period: &str) -> Comma
 
 fn start(node: &Netns, cmd: &mut Command) -> Process {
     let agent = node.spawn(cmd).unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the agent to become healthy",
-        || Ok(http_get(node, 10256, "/healthz").is_some_and(|(code, _)| code == 200)),
-    )
+    // /healthz answers 200 from the start; `lastUpdated` turns non-null with the first
+    // sync, which is what the tests need before sending traffic.
+    wait_until(Duration::from_secs(10), "the agent's first sync", || {
+        Ok(http_get(node, 10256, "/healthz")
+            .is_some_and(|(code, body)| code == 200 && !body.contains("\"lastUpdated\": null")))
+    })
     .unwrap();
     agent
 }
