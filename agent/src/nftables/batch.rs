@@ -249,20 +249,12 @@ impl Batch {
         delete: bool,
     ) {
         let bytes = nests.as_bytes();
-        let mut chunk_start = 0;
-        let mut chunk_end = 0;
-        let mut count = 0;
+        // Chunks of whole elements, (start, end, count), each within the message limit.
+        let mut chunks = Vec::new();
+        let (mut chunk_start, mut chunk_end, mut count) = (0, 0, 0);
         for &end in nests.ends() {
             if count > 0 && end - chunk_start > MAX_ELEMENT_BYTES_PER_MESSAGE {
-                self.messages.push(Message::set_elements(
-                    family,
-                    table,
-                    set,
-                    set_id,
-                    &bytes[chunk_start..chunk_end],
-                    count,
-                    delete,
-                ));
+                chunks.push((chunk_start, chunk_end, count));
                 chunk_start = chunk_end;
                 count = 0;
             }
@@ -270,12 +262,15 @@ impl Batch {
             count += 1;
         }
         if count > 0 {
+            chunks.push((chunk_start, chunk_end, count));
+        }
+        for (start, end, count) in chunks {
             self.messages.push(Message::set_elements(
                 family,
                 table,
                 set,
                 set_id,
-                &bytes[chunk_start..chunk_end],
+                &bytes[start..end],
                 count,
                 delete,
             ));

@@ -62,16 +62,7 @@ pub(crate) fn element_attrs(set: &Set, elements: &[Element]) -> Result<Nests> {
     let mut out = Nests::default();
     for element in elements {
         out.push(|w| {
-            write_value(w, el::KEY, &layout::key_bytes(&set.key, &element.key)?);
-            if set.flags.interval {
-                write_value(
-                    w,
-                    el::KEY_END,
-                    &layout::key_end_bytes(&set.key, &element.key)?,
-                );
-            } else {
-                require_hosts(set, element)?;
-            }
+            write_key(set, element, w)?;
             write_data_and_comment(set, element, false, w)
         })?;
     }
@@ -92,21 +83,25 @@ pub(crate) fn element_key_attrs(set: &Set, elements: &[Element]) -> Result<Nests
     }
     let mut out = Nests::default();
     for element in elements {
-        out.push(|w| {
-            write_value(w, el::KEY, &layout::key_bytes(&set.key, &element.key)?);
-            if set.flags.interval {
-                write_value(
-                    w,
-                    el::KEY_END,
-                    &layout::key_end_bytes(&set.key, &element.key)?,
-                );
-            } else {
-                require_hosts(set, element)?;
-            }
-            Ok(())
-        })?;
+        out.push(|w| write_key(set, element, w))?;
     }
     Ok(out)
+}
+
+/// An element's key: its value, and for a concatenated interval set the interval's
+/// end; a non-interval set takes whole addresses only.
+fn write_key(set: &Set, element: &Element, w: &mut AttrBuf) -> Result<()> {
+    write_value(w, el::KEY, &layout::key_bytes(&set.key, &element.key)?);
+    if set.flags.interval {
+        write_value(
+            w,
+            el::KEY_END,
+            &layout::key_end_bytes(&set.key, &element.key)?,
+        );
+        Ok(())
+    } else {
+        require_hosts(set, element)
+    }
 }
 
 fn require_hosts(set: &Set, element: &Element) -> Result<()> {
