@@ -1,33 +1,35 @@
 //! Where a Service becomes rules: the plan rendered as one nftables table per family.
 //!
-//! The layout follows kube-proxy's nftables mode, so operators who know it can read
-//! ours:
+//! The layout follows kube-proxy's nftables mode where that costs nothing, so
+//! operators who know it can read ours:
 //! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
-//!   (`service-nodeports`) dispatch a new connection to its service port in one lookup;
-//! - a `service-…` chain per service port (and `local-…` for Local policy) picks an
-//!   endpoint and DNATs to it;
-//! - ClientIP affinity is one dynamic map per pool of a service port (`affinity-…`,
-//!   `affinity-local-…`) from client address to endpoint: the pool chain DNATs a
-//!   known client from it first (refreshing its entry), and each random-choice rule
-//!   records the client before its DNAT (IPv6: a second map holds the port,
-//!   `affinity-port-…`);
-//! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
-//!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs;
-//! - an `external-…` chain handles NodePort/externalIP/LoadBalancer traffic (masquerade
-//!   or the Local-policy short-circuits), a `firewall-…` chain the source ranges;
+//!   (`service-nodeports`) dispatch a new connection to its kind of traffic in one
+//!   lookup;
 //! - `no-endpoint-*` maps reject (no endpoint at all) or drop (none usable here), from
-//!   filter chains, because `reject` is only allowed there.
+//!   filter chains, because `reject` is only allowed there; a `firewall-…` chain per
+//!   port with LoadBalancer source ranges;
+//! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
+//!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs.
 //!
-//! Three deliberate differences from kube-proxy:
-//! - no chain per endpoint, and no set per endpoint for affinity (kube-proxy has an
-//!   `affinity-…` set and an `endpoint-…` chain per endpoint): the kernel's commit walks
-//!   every chain, re-validates every chain reachable from a base chain whenever a rule
-//!   is added, and finds a set by name in a list per table, so chains and sets are
-//!   what large rulesets pay for (docs/design.md);
-//! - the random choice is a cascade of `numgen random mod N == 0 goto` rules instead of
-//!   an anonymous `numgen … vmap { … }` per service: anonymous maps make the kernel's
-//!   rule insertion quadratic in the number of services (10,000 services: 199 s against
-//!   7.2 s through `nft -f`, `shared/notes/ruleset-scaling.md`);
+//! Where it differs, it is because the kernel's commit walks every chain, and a rule
+//! or a jumping map element makes it re-validate the whole table (docs/design.md,
+//! "Performance at scale"):
+//! - a service port has no chain of its own. Its dispatch elements `goto` chains shared
+//!   by every port (`cluster-ip-traffic`, `external-traffic`, `external-local-traffic`,
+//!   `nodeport-traffic`, `nodeport-local-traffic`), which make the masquerade and
+//!   traffic-policy decisions and go on to a `pick-…` chain. The random choice is one
+//!   rule per endpoint count N present, `dnat ip to ip daddr . meta l4proto . th dport
+//!   . numgen random mod N map @endpoints-N`; the port's endpoints are the elements
+//!   `DESTINATION . i : ENDPOINT_i` of the map of its count. So an endpoint change is
+//!   an element change (data maps need no validation), unless it brings a count no
+//!   other port has. No anonymous map either: those made kube-proxy's rule insertion
+//!   quadratic (10,000 services: 199 s against 7.2 s through `nft -f`,
+//!   `shared/notes/ruleset-scaling.md`);
+//! - except with ClientIP affinity: recording the client's endpoint needs it as a
+//!   constant, so such a port keeps per-port chains (`service-…`, `local-…`,
+//!   `external-…`) with a cascade of `numgen random mod (n-i) == 0` rules, each
+//!   recording the client in the pool's dynamic map (`affinity-…`, IPv6 also
+//!   `affinity-port-…`) before its DNAT; a known client is sent back first;
 //! - the no-endpoint check for locally generated traffic runs after DNAT
 //!   (`filter-output-post-dnat`), so the node's own connections to an externalIP or
 //!   LoadBalancer IP of a Local-policy service without local endpoints are
@@ -116,6 +118,19 @@ impl Pick {
             Pick::NodePortCluster => "nodeport-cluster-endpoints",
         };
         format!("{prefix}-{count}")
+    }
+
+    /// Short: the kernel keeps at most 256 bytes of set userdata, and the `typeof`
+    /// declaration already takes 174 of them.
+    fn map_comment(self, count: u32) -> String {
+        let what = match self {
+            Pick::Address => "destination . bucket : endpoint",
+            Pick::AddressCluster => "Local-policy external IP . bucket : Cluster endpoint",
+            Pick::NodePort => "NodePort . bucket : endpoint",
+            Pick::NodePortCluster => "Local-policy NodePort . bucket : Cluster endpoint",
+        };
+        let plural = if count == 1 { "" } else { "s" };
+        format!("{what} ({count} endpoint{plural})")
     }
 
     /// The packet's part of the key: its destination, or only the port for NodePorts.
@@ -552,7 +567,7 @@ impl<'a> TableBuilder<'a> {
                 data: Some(MapData::Value(vec![addr, KeyType::InetService])),
                 flags: SetFlags::default(),
                 timeout_secs: None,
-                comment: Some(format!("endpoints of service ports with {count}")),
+                comment: Some(pick.map_comment(count)),
                 exprs: Some(SetExprs {
                     key: key_exprs.clone(),
                     data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
