@@ -6,6 +6,7 @@ use svcproxy_compiler::nft::TABLE_NAME;
 use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset};
 
 use super::affinity::{StaleAffinity, stale_affinity};
+use super::fragment;
 use crate::nftables::{self, Batch, Changes, Error, NftSocket, diff};
 
 /// Attempts at deleting stale affinity entries: an entry can time out between the
@@ -164,7 +165,9 @@ impl NftSyncer {
     /// grow with the rest of the ruleset. Needs a previous sync (the generation it
     /// committed proves the kernel still holds what it did); without one, or when
     /// someone else changed the ruleset since, it returns
-    /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`].
+    /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`];
+    /// so does a change that needs a set no fragment can create (a new endpoint
+    /// count's map, whose rule is in a shared chain): [`Error::NeedsWholeSync`].
     pub fn sync_fragment(
         &mut self,
         before: &Ruleset,
@@ -177,6 +180,11 @@ impl NftSyncer {
         };
         let generation = *generation;
         let changes = diff(before, after);
+        let changes = match &self.committed {
+            Some((state, _)) => fragment::fit_to_committed(changes, before, state)
+                .map_err(|e| Error::NeedsWholeSync { set: e.set })?,
+            None => changes,
+        };
         if changes.is_empty() {
             return Ok(self.outcome(SyncKind::Partial, changes, 0, started));
         }
