@@ -1,5 +1,10 @@
 //! Changes as nft commands: what `svcproxy plan` prints, and valid `nft -f` input
-//! against the state the changes were computed from (one file is one transaction).
+//! against the state the changes were computed from (one file is one transaction),
+//! with one exception nft 1.0.6 imposes: it refuses a new `dnat ... map @endpoints-N`
+//! rule when that map is already in the kernel ("conflicting protocols specified: ip
+//! vs. th": the map's `typeof` data, rebuilt from the kernel's userdata, fails nft's
+//! own evaluation), so a change that rewrites a `pick-…` chain while keeping one of
+//! its maps only loads through netlink.
 
 use std::fmt::Write;
 
