@@ -128,6 +128,7 @@ fn element(key: Vec<KeyValue>, verdict: Option<Verdict>) -> Element {
     Element {
         key,
         verdict,
+        data: Vec::new(),
         comment: None,
     }
 }

@@ -297,6 +297,7 @@ impl NftSyncer {
                 .map(|e| Element {
                     key: e.key,
                     verdict: None,
+                    data: Vec::new(),
                     comment: None,
                 })
                 .collect();

@@ -106,12 +106,14 @@ mod tests {
             data: None,
             flags: SetFlags::default(),
             timeout_secs: None,
+            exprs: None,
             comment: None,
             elements: elements
                 .iter()
                 .map(|p| Element {
                     key: vec![KeyValue::Port(*p)],
                     verdict: None,
+                    data: Vec::new(),
                     comment: None,
                 })
                 .collect(),
