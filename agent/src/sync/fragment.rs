@@ -1,13 +1,15 @@
 //! Fitting a fragment diff to the whole table.
 //!
 //! A fragment ([`svcproxy_compiler::nft::fragment`]) holds some Services' elements,
-//! their own chains and every set their elements sit in, but not the chains every
-//! Service shares. Most sets are shared too: the endpoint maps (`endpoints-3`) hold the
-//! elements of every service port with that many endpoints, and one port moving from
-//! 3 to 4 endpoints makes its old fragment have `endpoints-3` and its new one
-//! `endpoints-4`. Diffed alone, the two fragments say "create `endpoints-4`, delete
-//! `endpoints-3`"; against the kernel that means "add these elements" and "delete
-//! these elements", unless no one else uses the map. This module rewrites the diff so.
+//! their own chains, every set their elements sit in and the `pick-…` rules of their
+//! endpoint counts. The endpoint maps (`endpoints-3`) and the `pick-…` chains are
+//! shared: a map holds the elements of every service port with that many endpoints,
+//! and one port moving from 3 to 4 endpoints makes its old fragment have `endpoints-3`
+//! and the rule that reads it, its new one `endpoints-4` and its rule. Diffed alone,
+//! the two fragments say "create `endpoints-4`, delete `endpoints-3`, rewrite
+//! `pick-endpoint`"; against the kernel that means "add these elements, delete those",
+//! plus the map and its rule only if no port had 4 endpoints yet. This module rewrites
+//! the diff so.
 
 use std::collections::BTreeSet;
 
@@ -16,9 +18,8 @@ use svcproxy_compiler::nft::is_per_service_chain;
 
 use crate::nftables::{Change, Changes, Op};
 
-/// The fragment diff needs something only a whole sync can do: a set that a shared
-/// chain must refer to (a new endpoint count's map, whose `pick-…` rule is not in any
-/// fragment) or a set whose definition changed.
+/// The fragment diff needs something only a whole sync can do: a new set that no rule
+/// of the fragment refers to, or a set whose definition changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeedsWholeSync {
     pub set: String,
@@ -26,16 +27,20 @@ pub struct NeedsWholeSync {
 
 /// Rewrites `changes` (the diff of the fragments `before` and `after`) against
 /// `committed`, the whole state the kernel holds:
+/// - a shared chain is never flushed, created or deleted by a fragment; of the rules
+///   the fragment adds to it, those it lacks are appended (a new endpoint count's
+///   `pick-…` rule; rule order there does not matter, each key is in one map);
 /// - creating a set the kernel already has becomes adding the fragment's elements;
 /// - deleting a set that a shared chain still refers to becomes deleting the
 ///   fragment's elements (the set stays, maybe empty, until a whole sync drops it);
-/// - creating a set that no rule of the fragment refers to (so a shared chain must)
-///   is beyond a fragment: [`NeedsWholeSync`].
+/// - creating a set that no rule of the fitted diff refers to is beyond a fragment:
+///   [`NeedsWholeSync`].
 pub fn fit_to_committed(
     changes: Changes,
     before: &Ruleset,
     committed: &Ruleset,
 ) -> Result<Changes, NeedsWholeSync> {
+    let changes = fit_shared_chains(changes, committed);
     let added_rule_sets: BTreeSet<(Family, &str, &str)> = changes
         .ops
         .iter()
@@ -110,6 +115,56 @@ pub fn fit_to_committed(
         ops,
         deferred: changes.deferred,
     })
+}
+
+/// Drops a fragment's flushes, creations and deletions of shared chains, and the
+/// rules it adds to them that they already have.
+fn fit_shared_chains(changes: Changes, committed: &Ruleset) -> Changes {
+    let ops = changes
+        .ops
+        .into_iter()
+        .filter_map(|change| {
+            let held = |name: &str| {
+                find_table(committed, change.family, &change.table)
+                    .and_then(|t| t.chains.iter().find(|c| c.name == name))
+            };
+            match change.op {
+                Op::FlushChain(ref name) | Op::DeleteChain(ref name)
+                    if !is_per_service_chain(name) =>
+                {
+                    None
+                }
+                Op::AddChain(ref chain)
+                    if !is_per_service_chain(&chain.name) && held(&chain.name).is_some() =>
+                {
+                    None
+                }
+                Op::AddRules {
+                    ref chain,
+                    ref rules,
+                } if !is_per_service_chain(chain) => {
+                    let held = held(chain);
+                    let missing: Vec<_> = rules
+                        .iter()
+                        .filter(|r| !held.is_some_and(|c| c.rules.contains(r)))
+                        .cloned()
+                        .collect();
+                    (!missing.is_empty()).then(|| Change {
+                        op: Op::AddRules {
+                            chain: chain.clone(),
+                            rules: missing,
+                        },
+                        ..change
+                    })
+                }
+                _ => Some(change),
+            }
+        })
+        .collect();
+    Changes {
+        ops,
+        deferred: changes.deferred,
+    }
 }
 
 fn find_table<'a>(ruleset: &'a Ruleset, family: Family, name: &str) -> Option<&'a Table> {
@@ -268,6 +323,45 @@ mod tests {
             Err(NeedsWholeSync {
                 set: "endpoints-7".into()
             })
+        );
+    }
+
+    #[test]
+    fn shared_chains_only_get_the_rules_they_lack_appended() {
+        let committed = committed();
+        let held = committed.tables[0].sets[0].clone();
+        let new = Set {
+            name: "endpoints-7".into(),
+            ..held.clone()
+        };
+        let dnat = |map: &str| svcproxy_compiler::nft::ir::Rule {
+            stmts: vec![Stmt::DnatMap {
+                key: vec![],
+                map: map.into(),
+            }],
+            comment: None,
+        };
+        let changes = Changes {
+            ops: vec![
+                change(Op::FlushChain("pick-endpoint".into())),
+                change(Op::AddSet(new.clone())),
+                change(Op::AddRules {
+                    chain: "pick-endpoint".into(),
+                    rules: vec![dnat("endpoints-2"), dnat("endpoints-7")],
+                }),
+            ],
+            deferred: vec![],
+        };
+        let fitted = fit_to_committed(changes, &committed, &committed).expect("fits");
+        assert_eq!(
+            fitted.ops,
+            vec![
+                change(Op::AddSet(new)),
+                change(Op::AddRules {
+                    chain: "pick-endpoint".into(),
+                    rules: vec![dnat("endpoints-7")],
+                }),
+            ]
         );
     }
 }

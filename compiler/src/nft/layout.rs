@@ -156,6 +156,12 @@ pub fn ruleset(plan: &Plan) -> Ruleset {
     }
 }
 
+/// Whether a chain's rules depend on which Services exist: the per-port chains, and
+/// the `pick-…` chains (a rule per endpoint count present). A fragment holds these.
+pub fn is_fragment_chain(name: &str) -> bool {
+    is_per_service_chain(name) || Pick::ALL.iter().any(|pick| pick.chain() == name)
+}
+
 /// Whether a chain belongs to one service port (its name has a slash, as every
 /// per-service name does) rather than to the fixed part of the table.
 pub fn is_per_service_chain(name: &str) -> bool {
