@@ -370,16 +370,19 @@ fn endpoints_move_to_a_new_count() {
         "    - {addresses: [\"fd00:244:3::10\"], nodeName: node-b}
     - {addresses: [\"fd00:244:4::10\"], nodeName: node-b}\n",
     );
-    // IPv4: web's 4 elements leave endpoints-2 (local-web keeps it), its 4 leave
-    // nodeport-endpoints-2, which goes (2 messages + 1 set deleted); endpoints-3 and
-    // nodeport-endpoints-3 are created with 6 elements each (2 x (NEWSET + 1
-    // element message)); pick-endpoint and pick-nodeport-endpoint are flushed (2) and
-    // refilled with one rule per count (2 + 2). The hairpin pair of 10.244.4.10
-    // exists (local-web's endpoint): 2 + 1 + 4 + 2 + 4 = 13.
-    // IPv6: both 2-endpoint maps go (2 sets deleted; their elements with them), two
-    // 3-endpoint maps come (4), both pick chains are flushed (2) and get one rule
-    // each (2), and fd00:244:4::10 gets its hairpin pair (1): 2 + 4 + 2 + 2 + 1 = 11.
-    let changes = check_transition("endpoints move to a new count", &a, &b, 13 + 11);
+    // IPv4: web's 4 elements leave endpoints-2 (local-web keeps it) and its 4 leave
+    // nodeport-endpoints-2 (2 messages; both maps stay, the second empty, as the
+    // headroom of 1 and 3); its 6 go into endpoints-3 and nodeport-endpoints-3, which
+    // existed empty as the headroom of 2 (2); endpoints-4 and nodeport-endpoints-4
+    // come as the headroom of 3 (2); pick-endpoint and pick-nodeport-endpoint are
+    // flushed (2) and refilled with one rule per count, 1 to 4 (8). The hairpin pair
+    // of 10.244.4.10 exists (local-web's endpoint): 2 + 2 + 2 + 2 + 8 = 16.
+    // IPv6 (web is the only service there): the same elements move (2 + 2), the
+    // headroom of 2 that 3 no longer needs (endpoints-1, nodeport-endpoints-1) goes
+    // (2) and that of 3 comes (2), both pick chains are flushed (2) and get the rules
+    // for 2, 3 and 4 (6), and fd00:244:4::10 gets its hairpin pair (1):
+    // 2 + 2 + 2 + 2 + 2 + 6 + 1 = 17.
+    let changes = check_transition("endpoints move to a new count", &a, &b, 16 + 17);
     let deleted: Vec<(Family, &str)> = changes
         .iter()
         .filter_map(|c| match &c.op {
@@ -390,16 +393,17 @@ fn endpoints_move_to_a_new_count() {
     assert_eq!(
         deleted,
         [
-            (Family::Ip, "nodeport-endpoints-2"),
-            (Family::Ip6, "endpoints-2"),
-            (Family::Ip6, "nodeport-endpoints-2"),
+            (Family::Ip6, "endpoints-1"),
+            (Family::Ip6, "nodeport-endpoints-1"),
         ]
     );
+    // Only headroom maps are created, empty: the elements go into maps that exist.
     let added = count_ops(
         &changes,
-        |op| matches!(op, Op::AddSet(set) if set.name.ends_with("endpoints-3")),
+        |op| matches!(op, Op::AddSet(set) if set.name.ends_with("endpoints-4") && set.elements.is_empty()),
     );
     assert_eq!(added, 4);
+    assert_eq!(count_ops(&changes, |op| matches!(op, Op::AddSet(_))), 4);
 }
 
 /// One endpoint of web replaced by another: the same keys in the same maps, with
@@ -539,21 +543,22 @@ fn service_scaled_to_zero_and_back() {
     // local-web (externalTrafficPolicy Local; ClusterIP, externalIP, LoadBalancer IP,
     // NodePort) loses its endpoints. Deleted elements: service-ips (3 addresses),
     // service-nodeports, endpoints-2 (ClusterIP, Cluster pool), endpoints-1 and
-    // nodeport-endpoints-1 (Local pool: its one local endpoint) = 5 messages. It was
-    // the only service short-circuited to 2 cluster endpoints: cluster-endpoints-2
-    // and nodeport-cluster-endpoints-2 go (2) after their pick chains are flushed (2)
-    // and refilled with the rule of the count that stays (2). (Its pods' hairpin
-    // pairs stay: other services use them.) Added: the same 3 addresses to
-    // no-endpoint-services and the NodePort to no-endpoint-nodeports, all going to
-    // reject-chain = 2 messages.
-    let down = check_transition("scaled to zero", &a, &b, 5 + 2 + 2 + 2 + 2);
+    // nodeport-endpoints-1 (Local pool: its one local endpoint), cluster-endpoints-2
+    // and nodeport-cluster-endpoints-2 (the short-circuits to its 2 cluster
+    // endpoints) = 7 messages. Those two maps stay, empty, as the headroom of the
+    // count 1 that remains; the headroom of 2, cluster-endpoints-3 and
+    // nodeport-cluster-endpoints-3, goes (2) after the pick chains are flushed (2)
+    // and refilled with the rules for 1 and 2 (4). (Its pods' hairpin pairs stay:
+    // other services use them.) Added: the same 3 addresses to no-endpoint-services
+    // and the NodePort to no-endpoint-nodeports, all going to reject-chain = 2.
+    let down = check_transition("scaled to zero", &a, &b, 7 + 2 + 2 + 4 + 2);
     assert!(down.to_nft().contains(": goto reject-chain"));
     // And back: the reject entries go (2), the two pick chains are flushed (2), the
-    // two maps come back with their elements (2 x (NEWSET + 1 element message)), the
-    // dispatch and endpoint elements come back (service-ips, service-nodeports,
-    // endpoints-1, endpoints-2, nodeport-endpoints-1: 5), and the pick chains get a
-    // rule per count again (2 x 2).
-    check_transition("scaled back up", &b, &a, 2 + 2 + 4 + 5 + 4);
+    // headroom maps of count 2 come back empty (2), the dispatch and endpoint
+    // elements come back (service-ips, service-nodeports, endpoints-1, endpoints-2,
+    // cluster-endpoints-2, nodeport-endpoints-1, nodeport-cluster-endpoints-2: 7), and
+    // the pick chains get a rule per count again (2 x 3).
+    check_transition("scaled back up", &b, &a, 2 + 2 + 2 + 7 + 6);
 }
 
 #[test]
@@ -1121,11 +1126,12 @@ fn ten_thousand_services_one_endpoint_change() {
     );
     assert!(!text.is_empty());
     // svc-0 goes from 5 to 6 endpoints, a count no other service has: its 5 elements
-    // leave endpoints-5 (1), endpoints-6 is created with its 6 (NEWSET + 1 element
-    // message), pick-endpoint is flushed (1) and gets a rule per count (2), the new
-    // endpoint gets its hairpin pair (1). (An endpoint change that keeps the count is
-    // element messages only.)
-    assert_eq!(batch.len(), 1 + 2 + 1 + 2 + 1);
+    // leave endpoints-5 (1) and its 6 go into endpoints-6, there empty as the headroom
+    // of 5 (1); endpoints-7 comes as the headroom of 6 (1); a whole diff flushes
+    // pick-endpoint (1) and refills it, one rule per count 4 to 7 (4); the new endpoint
+    // gets its hairpin pair (1). (A fragment sync of the same change is the two
+    // element messages and the hairpin pair: `nftables_fragment.rs`.)
+    assert_eq!(batch.len(), 1 + 1 + 1 + 1 + 4 + 1);
 
     if !require_kernel() {
         return;

@@ -2,7 +2,7 @@
 //! maps and `pick-…` chains are shared by every port, so a fragment diff must become
 //! element changes in them, plus a map and an appended rule for a count no port had.
 
-use svcproxy_agent::nftables::diff;
+use svcproxy_agent::nftables::{Op, diff};
 use svcproxy_agent::sync::{NftSyncer, SyncKind};
 use svcproxy_compiler::nft::ir::Ruleset;
 use svcproxy_compiler::synth::{self, Spec};
@@ -37,28 +37,79 @@ fn set_len(ruleset: &Ruleset, name: &str) -> Option<usize> {
         .map(|s| s.elements.len())
 }
 
+/// Whether `held` differs from `want` only in the layout's headroom: empty endpoint
+/// maps one side lacks, and the `pick-…` rules that read them. Every element matches.
+fn only_headroom_differs(held: &Ruleset, want: &Ruleset) -> Result<(), String> {
+    let changes = diff(held, want);
+    let empty = |ruleset: &Ruleset, name: &str| {
+        ruleset
+            .tables
+            .iter()
+            .flat_map(|t| &t.sets)
+            .any(|s| s.name == name && s.elements.is_empty())
+    };
+    for change in changes.iter() {
+        let fine = match &change.op {
+            Op::AddSet(set) => set.elements.is_empty(),
+            Op::DeleteSet(set) => empty(held, &set.name),
+            Op::FlushChain(chain) | Op::AddRules { chain, .. } => chain.starts_with("pick-"),
+            _ => false,
+        };
+        if !fine {
+            return Err(changes.to_nft());
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn endpoint_changes_through_fragments_touch_only_shared_map_elements() {
     if !require_kernel() {
         return;
     }
     // Every Service of the generator has 3 endpoints: `endpoints-3` is shared by all,
-    // `endpoints-4` does not exist until one of them gets a fourth.
+    // `endpoints-2` and `endpoints-4` are there empty (headroom), `endpoints-5` is not.
     let spec = Spec::new(40, 3);
     let (s, t) = (0, 6);
     let start = whole(&spec, usize::MAX, 0);
-    assert_eq!(set_len(&start, "endpoints-4"), None);
+    assert_eq!(set_len(&start, "endpoints-4"), Some(0));
+    assert_eq!(set_len(&start, "endpoints-5"), None);
     let ns = Netns::new("fragment").unwrap();
     let mut syncer = ns.enter(|| NftSyncer::new().unwrap()).unwrap();
     syncer.sync(&start).unwrap();
 
-    // A fourth endpoint on S: no port has 4, so the fragment brings the map and its
-    // `pick-endpoint` rule, appended to the shared chain (the kernel then holds what a
-    // whole compile gives: 4 sorts after the counts present).
+    // A fourth endpoint on S: into the headroom map, elements only.
     let grown = syncer
         .sync_fragment(&fragment(&spec, s, 0), &fragment(&spec, s, 1))
         .unwrap();
+    assert_eq!(grown.kind, SyncKind::Partial);
     let summary = grown.changes.summary();
+    assert_eq!(
+        (
+            summary.rules_added,
+            summary.sets_added,
+            summary.chains_flushed
+        ),
+        (0, 0, 0),
+        "elements only: {summary:?}"
+    );
+    let (held, _) = syncer.read_owned().unwrap();
+    only_headroom_differs(&held, &whole(&spec, s, 1)).unwrap();
+
+    // S back to 3: exactly the starting state again.
+    syncer
+        .sync_fragment(&fragment(&spec, s, 1), &fragment(&spec, s, 0))
+        .unwrap();
+    let (held, _) = syncer.read_owned().unwrap();
+    let rest = diff(&held, &start);
+    assert!(rest.is_empty(), "kernel differs: {}", rest.to_nft());
+
+    // Two more on T: no map for 5 endpoints, so the fragment brings it and appends
+    // its rule to the shared chain, which is never flushed by a fragment.
+    let jumped = syncer
+        .sync_fragment(&fragment(&spec, t, 0), &fragment(&spec, t, 2))
+        .unwrap();
+    let summary = jumped.changes.summary();
     assert!(
         summary.sets_added > 0 && summary.rules_added > 0,
         "{summary:?}"
@@ -68,49 +119,22 @@ fn endpoint_changes_through_fragments_touch_only_shared_map_elements() {
         (0, 0),
         "a shared chain is never rewritten by a fragment: {summary:?}"
     );
+    let expected = whole(&spec, t, 2);
     let (held, _) = syncer.read_owned().unwrap();
-    let rest = diff(&held, &whole(&spec, s, 1));
-    assert!(rest.is_empty(), "kernel differs: {}", rest.to_nft());
+    only_headroom_differs(&held, &expected).unwrap();
 
-    // S back to 3: its elements leave `endpoints-4`, which stays (empty, with its
-    // rule) because the shared chain refers to it; `endpoints-3` gets them back.
-    let back = syncer
-        .sync_fragment(&fragment(&spec, s, 1), &fragment(&spec, s, 0))
-        .unwrap();
-    assert_eq!(back.kind, SyncKind::Partial);
-    let (held, _) = syncer.read_owned().unwrap();
-    assert_eq!(set_len(&held, "endpoints-4"), Some(0));
-    assert_eq!(
-        set_len(&held, "endpoints-3"),
-        set_len(&start, "endpoints-3")
-    );
-
-    // T to 4 endpoints: `endpoints-4` exists now, so this is elements only, and the
-    // kernel then holds exactly what a whole compile of that cluster gives.
-    let moved = syncer
-        .sync_fragment(&fragment(&spec, t, 0), &fragment(&spec, t, 1))
-        .unwrap();
-    assert_eq!(moved.kind, SyncKind::Partial);
-    let summary = moved.changes.summary();
-    assert_eq!(
-        (
-            summary.rules_added,
-            summary.chains_added,
-            summary.sets_added
-        ),
-        (0, 0, 0),
-        "elements only: {summary:?}"
-    );
-    let (held, _) = syncer.read_owned().unwrap();
-    let expected = whole(&spec, t, 1);
-    let rest = diff(&held, &expected);
-    assert!(rest.is_empty(), "kernel differs: {}", rest.to_nft());
-
-    // The syncer's own picture (element changes merged when a whole sync needs it)
-    // agrees: a whole sync of the same cluster sends nothing.
+    // The syncer's own picture (fragment element changes are merged into it when a
+    // whole sync needs it) agrees with the kernel: a whole sync adds only the new
+    // headroom, and a second one sends nothing.
     let whole_sync = syncer.sync(&expected).unwrap();
+    let summary = whole_sync.changes.summary();
     assert_eq!(
-        (whole_sync.kind, whole_sync.messages),
-        (SyncKind::Partial, 0)
+        (summary.elements_added, summary.elements_deleted),
+        (0, 0),
+        "{summary:?}"
     );
+    let again = syncer.sync(&expected).unwrap();
+    assert_eq!((again.kind, again.messages), (SyncKind::Partial, 0));
+    let (held, _) = syncer.read_owned().unwrap();
+    assert!(diff(&held, &expected).is_empty());
 }

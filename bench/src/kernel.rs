@@ -302,7 +302,8 @@ fn endpoint_changes(
         let (held, _) = syncer.read_owned()?;
         let check = svcproxy_agent::nftables::diff(&held, ruleset);
         // Endpoint maps the changes emptied stay, with their `pick-…` rules, until a
-        // whole sync: the only difference allowed.
+        // whole sync (and a whole sync would add empty headroom maps): the only
+        // differences allowed.
         let empty_in_held = |name: &str| {
             held.tables
                 .iter()
@@ -313,6 +314,7 @@ fn endpoint_changes(
             .iter()
             .filter(|c| match &c.op {
                 Op::DeleteSet(set) => !empty_in_held(&set.name),
+                Op::AddSet(set) => !set.elements.is_empty(),
                 Op::FlushChain(chain) | Op::AddRules { chain, .. } => !chain.starts_with("pick-"),
                 _ => true,
             })

@@ -110,14 +110,17 @@ impl Pick {
         }
     }
 
+    fn map_prefix(self) -> &'static str {
+        match self {
+            Pick::Address => "endpoints-",
+            Pick::AddressCluster => "cluster-endpoints-",
+            Pick::NodePort => "nodeport-endpoints-",
+            Pick::NodePortCluster => "nodeport-cluster-endpoints-",
+        }
+    }
+
     fn map(self, count: u32) -> String {
-        let prefix = match self {
-            Pick::Address => "endpoints",
-            Pick::AddressCluster => "cluster-endpoints",
-            Pick::NodePort => "nodeport-endpoints",
-            Pick::NodePortCluster => "nodeport-cluster-endpoints",
-        };
-        format!("{prefix}-{count}")
+        format!("{}{count}", self.map_prefix())
     }
 
     /// Short: the kernel keeps at most 256 bytes of set userdata, and the `typeof`
@@ -160,6 +163,14 @@ pub fn ruleset(plan: &Plan) -> Ruleset {
 /// the `pick-…` chains (a rule per endpoint count present). A fragment holds these.
 pub fn is_fragment_chain(name: &str) -> bool {
     is_per_service_chain(name) || Pick::ALL.iter().any(|pick| pick.chain() == name)
+}
+
+/// Whether a set is one of the endpoint maps (`endpoints-3`, `nodeport-endpoints-1`).
+pub fn is_endpoint_map(name: &str) -> bool {
+    Pick::ALL.iter().any(|pick| {
+        name.strip_prefix(pick.map_prefix())
+            .is_some_and(|count| count.parse::<u32>().is_ok())
+    })
 }
 
 /// Whether a chain belongs to one service port (its name has a slash, as every
@@ -552,9 +563,23 @@ impl<'a> TableBuilder<'a> {
 
     /// Declares the endpoint maps for the counts present, with their elements, and
     /// the `pick-…` rule of each (ascending count).
+    ///
+    /// Each count present also gets its neighbours' maps and rules, empty if no port
+    /// has that count (headroom): a service scaled up or down by one endpoint then
+    /// moves into a map that exists, which is an element change, where a new map
+    /// needs a new rule and so a validation of the whole table at commit.
     fn endpoint_maps_and_rules(&mut self) {
         let addr = self.family.addr_type();
-        for ((pick, count), elements) in std::mem::take(&mut self.endpoint_maps) {
+        let mut maps = std::mem::take(&mut self.endpoint_maps);
+        let present: Vec<(Pick, u32)> = maps.keys().copied().collect();
+        for (pick, count) in present {
+            for neighbour in [count - 1, count + 1] {
+                if neighbour > 0 {
+                    maps.entry((pick, neighbour)).or_default();
+                }
+            }
+        }
+        for ((pick, count), elements) in maps {
             let name = pick.map(count);
             let mut key_exprs = pick.key();
             key_exprs.push(KeyExpr::Numgen { modulus: count });
