@@ -15,7 +15,7 @@ use svcproxy_agent::cli::NodeFlags;
 use svcproxy_agent::nftables::{Batch, Error};
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, CmpOp, Element, Family, Hook, KeyExpr, KeyType,
-    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
+    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Verdict,
 };
 
 // ----- environment -----
@@ -72,6 +72,7 @@ fn element(key: Vec<KeyValue>, verdict: Option<Verdict>, comment: Option<&str>) 
     Element {
         key,
         verdict,
+        data: Vec::new(),
         comment: comment.map(str::to_string),
     }
 }
@@ -90,6 +91,7 @@ fn set(
         data,
         flags,
         timeout_secs: None,
+        exprs: None,
         comment: None,
         elements,
     }
@@ -133,11 +135,85 @@ const SVC_KEY: [KeyExpr; 3] = [
     KeyExpr::ThDport,
 ];
 
+/// An endpoint map of the shared-chain layout: `typeof <packet key> . numgen random mod
+/// N : <family> daddr . th dport`, each element `key . bucket : endpoint . port`.
+fn endpoint_map(
+    family: Family,
+    name: &str,
+    packet_key: &[KeyExpr],
+    modulus: u32,
+    elements: Vec<(Vec<KeyValue>, &str, u16, Option<&str>)>,
+) -> Set {
+    let addr = match family {
+        Family::Ip => KeyType::Ipv4Addr,
+        Family::Ip6 => KeyType::Ipv6Addr,
+    };
+    let mut key_exprs = packet_key.to_vec();
+    key_exprs.push(KeyExpr::Numgen { modulus });
+    let key = key_exprs
+        .iter()
+        .map(|k| match k {
+            KeyExpr::Addr(_) => addr,
+            KeyExpr::L4Proto => KeyType::InetProto,
+            KeyExpr::ThDport => KeyType::InetService,
+            KeyExpr::Numgen { .. } => KeyType::Integer,
+        })
+        .collect();
+    let mut elements: Vec<Element> = elements
+        .into_iter()
+        .map(|(key, endpoint, port, comment)| Element {
+            key,
+            verdict: None,
+            data: vec![
+                KeyValue::Net(IpNet::from(
+                    endpoint.parse::<std::net::IpAddr>().expect("endpoint"),
+                )),
+                KeyValue::Port(port),
+            ],
+            comment: comment.map(str::to_string),
+        })
+        .collect();
+    elements.sort();
+    Set {
+        name: name.into(),
+        key,
+        data: Some(MapData::Value(vec![addr, KeyType::InetService])),
+        flags: PLAIN,
+        timeout_secs: None,
+        comment: None,
+        exprs: Some(SetExprs {
+            key: key_exprs,
+            data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
+        }),
+        elements,
+    }
+}
+
+/// `dnat to <packet key> . numgen random mod N map @map`
+fn dnat_map(packet_key: &[KeyExpr], modulus: u32, map: &str) -> Stmt {
+    let mut key = packet_key.to_vec();
+    key.push(KeyExpr::Numgen { modulus });
+    Stmt::DnatMap {
+        key,
+        map: map.into(),
+    }
+}
+
+const NODEPORT_KEY: [KeyExpr; 2] = [KeyExpr::L4Proto, KeyExpr::ThDport];
+
 /// Every statement, every set flavour, comments everywhere, in an `ip` and an `ip6` table.
 fn full_ruleset() -> Ruleset {
     use AddrField::{Daddr, Saddr};
     use CmpOp::{Eq, Ne};
     let v4 = |s: &str| KeyValue::Net(net(s));
+    let svc4 = |addr: &str, proto: L4Proto, port: u16, bucket: u32| {
+        vec![
+            KeyValue::Net(net(&format!("{addr}/32"))),
+            KeyValue::Proto(proto),
+            KeyValue::Port(port),
+            KeyValue::Int(bucket),
+        ]
+    };
 
     let ip = Table {
         family: Family::Ip,
@@ -238,6 +314,61 @@ fn full_ruleset() -> Ruleset {
                         Some("sctp"),
                     ),
                 ],
+            ),
+            Set {
+                comment: Some("endpoints of service ports with 2".into()),
+                ..endpoint_map(
+                    Family::Ip,
+                    "endpoints-2",
+                    &SVC_KEY,
+                    2,
+                    vec![
+                        (
+                            svc4("10.96.0.1", L4Proto::Tcp, 80, 0),
+                            "10.244.1.1",
+                            8080,
+                            None,
+                        ),
+                        (
+                            svc4("10.96.0.1", L4Proto::Tcp, 80, 1),
+                            "10.244.1.2",
+                            8080,
+                            Some("second"),
+                        ),
+                        (
+                            svc4("10.96.0.2", L4Proto::Udp, 53, 0),
+                            "10.244.1.3",
+                            53,
+                            None,
+                        ),
+                        (
+                            svc4("10.96.0.2", L4Proto::Udp, 53, 1),
+                            "10.244.1.4",
+                            5353,
+                            None,
+                        ),
+                    ],
+                )
+            },
+            endpoint_map(
+                Family::Ip,
+                "nodeport-endpoints-3",
+                &NODEPORT_KEY,
+                3,
+                (0..3)
+                    .map(|i| {
+                        (
+                            vec![
+                                KeyValue::Proto(L4Proto::Sctp),
+                                KeyValue::Port(30080),
+                                KeyValue::Int(i),
+                            ],
+                            ["10.244.2.1", "10.244.2.2", "10.244.2.3"][i as usize],
+                            8080,
+                            None,
+                        )
+                    })
+                    .collect(),
             ),
         ],
         chains: vec![
@@ -410,6 +541,14 @@ fn full_ruleset() -> Ruleset {
                 }])],
             ),
             chain("mark-masq", None, vec![rule(vec![Stmt::MarkSetOr(0x4000)])]),
+            chain(
+                "pick-endpoint",
+                None,
+                vec![
+                    rule(vec![dnat_map(&SVC_KEY, 2, "endpoints-2")]),
+                    rule(vec![dnat_map(&NODEPORT_KEY, 3, "nodeport-endpoints-3")]),
+                ],
+            ),
         ],
     };
 
@@ -464,6 +603,54 @@ fn full_ruleset() -> Ruleset {
                     Some(Verdict::Goto("svc-y".into())),
                     Some("default/kubernetes:https"),
                 )],
+            ),
+            Set {
+                comment: Some("endpoints of service ports with 1".into()),
+                ..endpoint_map(
+                    Family::Ip6,
+                    "endpoints-1",
+                    &SVC_KEY,
+                    1,
+                    vec![(
+                        vec![
+                            v6("fd00:96::1/128"),
+                            KeyValue::Proto(L4Proto::Tcp),
+                            KeyValue::Port(80),
+                            KeyValue::Int(0),
+                        ],
+                        "fd00:244::1",
+                        8080,
+                        None,
+                    )],
+                )
+            },
+            endpoint_map(
+                Family::Ip6,
+                "nodeport-endpoints-2",
+                &NODEPORT_KEY,
+                2,
+                vec![
+                    (
+                        vec![
+                            KeyValue::Proto(L4Proto::Udp),
+                            KeyValue::Port(30053),
+                            KeyValue::Int(0),
+                        ],
+                        "fd00:244::2",
+                        53,
+                        None,
+                    ),
+                    (
+                        vec![
+                            KeyValue::Proto(L4Proto::Udp),
+                            KeyValue::Port(30053),
+                            KeyValue::Int(1),
+                        ],
+                        "fd00:244::3",
+                        53,
+                        Some("udp"),
+                    ),
+                ],
             ),
         ],
         chains: vec![
@@ -538,6 +725,14 @@ fn full_ruleset() -> Ruleset {
                     }]),
                 ],
             ),
+            chain(
+                "pick-endpoint",
+                None,
+                vec![
+                    rule(vec![dnat_map(&SVC_KEY, 1, "endpoints-1")]),
+                    rule(vec![dnat_map(&NODEPORT_KEY, 2, "nodeport-endpoints-2")]),
+                ],
+            ),
         ],
     };
     Ruleset {
@@ -574,6 +769,19 @@ table ip svcproxy {
     map service-nodeports {
         type inet_proto . inet_service : verdict
         elements = { tcp . 30080 : goto svc-x, udp . 30053 : accept, sctp . 30009 comment "sctp" : return }
+    }
+    map endpoints-2 {
+        typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport
+        comment "endpoints of service ports with 2"
+        elements = { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.1 . 8080,
+                     10.96.0.1 . tcp . 80 . 1 comment "second" : 10.244.1.2 . 8080,
+                     10.96.0.2 . udp . 53 . 0 : 10.244.1.3 . 53,
+                     10.96.0.2 . udp . 53 . 1 : 10.244.1.4 . 5353 }
+    }
+    map nodeport-endpoints-3 {
+        typeof meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport
+        elements = { sctp . 30080 . 0 : 10.244.2.1 . 8080, sctp . 30080 . 1 : 10.244.2.2 . 8080,
+                     sctp . 30080 . 2 : 10.244.2.3 . 8080 }
     }
     chain nat-prerouting {
         type nat hook prerouting priority -100; policy accept;
@@ -621,6 +829,10 @@ table ip svcproxy {
     chain mark-masq {
         meta mark set meta mark | 0x00004000
     }
+    chain pick-endpoint {
+        dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2
+        dnat ip to meta l4proto . th dport . numgen random mod 3 map @nodeport-endpoints-3
+    }
 }
 table ip6 svcproxy {
     set local-ranges {
@@ -642,6 +854,15 @@ table ip6 svcproxy {
         type ipv6_addr . inet_proto . inet_service : verdict
         elements = { fd00:96::1 . tcp . 443 comment "default/kubernetes:https" : goto svc-y }
     }
+    map endpoints-1 {
+        typeof ip6 daddr . meta l4proto . th dport . numgen random mod 1 : ip6 daddr . th dport
+        comment "endpoints of service ports with 1"
+        elements = { fd00:96::1 . tcp . 80 . 0 : fd00:244::1 . 8080 }
+    }
+    map nodeport-endpoints-2 {
+        typeof meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport
+        elements = { udp . 30053 . 0 : fd00:244::2 . 53, udp . 30053 . 1 comment "udp" : fd00:244::3 . 53 }
+    }
     chain nat-prerouting {
         type nat hook prerouting priority -100; policy accept;
         ip6 daddr . meta l4proto . th dport vmap @service-ips
@@ -660,6 +881,10 @@ table ip6 svcproxy {
         meta l4proto tcp dnat ip6 to ip6 saddr map @affinity-y : ip6 saddr map @affinity-port-y
         update @affinity-y { ip6 saddr : fd00:244::5 } update @affinity-port-y { ip6 saddr : 8443 } meta mark set meta mark | 0x00004000
         meta l4proto tcp dnat to [fd00:244::5]:8443
+    }
+    chain pick-endpoint {
+        dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints-1
+        dnat ip6 to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-2
     }
 }
 "#;

@@ -68,6 +68,32 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
         )?;
         Ok(())
     })?;
+    // What an endpoint change sends: data-map elements, no rule, no jump.
+    if let Some(map) = table.sets.iter().find(|s| s.name.starts_with("endpoints-")) {
+        let map = set_named(&map.name);
+        run(
+            &format!("add one element to the {} endpoint map", map.name),
+            &mut |b, i| {
+                b.add_elements(
+                    family,
+                    &table.name,
+                    &map,
+                    &[Element {
+                        key: vec![
+                            addr(i),
+                            KeyValue::Proto(L4Proto::Tcp),
+                            KeyValue::Port(1),
+                            KeyValue::Int(0),
+                        ],
+                        verdict: None,
+                        data: vec![addr(i), KeyValue::Port(80)],
+                        comment: None,
+                    }],
+                )?;
+                Ok(())
+            },
+        )?;
+    }
     run(
         "add one goto element to the service-ips verdict map",
         &mut |b, i| {
@@ -128,6 +154,7 @@ fn element(key: Vec<KeyValue>, verdict: Option<Verdict>) -> Element {
     Element {
         key,
         verdict,
+        data: Vec::new(),
         comment: None,
     }
 }

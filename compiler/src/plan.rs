@@ -46,6 +46,19 @@ pub struct FamilyPlan {
     pub ports: Vec<ServicePortPlan>,
 }
 
+impl FamilyPlan {
+    /// Which ClusterIP traffic is masqueraded: the same for every service port.
+    pub fn internal_masquerade(&self) -> Masquerade {
+        if self.masquerade_all {
+            Masquerade::All
+        } else if self.cluster_cidrs.is_empty() {
+            Masquerade::Never
+        } else {
+            Masquerade::NotFrom(self.cluster_cidrs.clone())
+        }
+    }
+}
+
 /// `namespace/name:port-name` plus the protocol: one service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortId {

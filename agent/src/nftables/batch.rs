@@ -103,7 +103,7 @@ impl Batch {
         let id = self.take_set_id();
         self.messages.push(Message::new_set(
             family,
-            encoded(&set_attrs(table, set, id, SetKind::Named)?),
+            encoded(&set_attrs(table, set, id, SetKind::Named { family })?),
         ));
         self.push_elements(
             family,
@@ -306,11 +306,13 @@ fn anon_addr_set(family: Family, values: &[IpNet]) -> Set {
         },
         timeout_secs: None,
         comment: None,
+        exprs: None,
         elements: values
             .iter()
             .map(|v| Element {
                 key: vec![KeyValue::Net(*v)],
                 verdict: None,
+                data: Vec::new(),
                 comment: None,
             })
             .collect(),
@@ -334,6 +336,7 @@ mod tests {
                     KeyValue::Port(80),
                 ],
                 verdict: Some(Verdict::Goto(format!("svc-{i}"))),
+                data: Vec::new(),
                 comment: None,
             })
             .collect();
@@ -343,6 +346,7 @@ mod tests {
             data: Some(MapData::Verdict),
             flags: SetFlags::default(),
             timeout_secs: None,
+            exprs: None,
             comment: None,
             elements,
         };

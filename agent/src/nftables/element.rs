@@ -119,27 +119,51 @@ fn require_hosts(set: &Set, element: &Element) -> Result<()> {
 }
 
 fn write_data_and_comment(set: &Set, element: &Element, open: bool, w: &mut AttrBuf) -> Result<()> {
-    match (&set.data, &element.verdict) {
-        (Some(MapData::Verdict), Some(verdict)) => {
+    match (&set.data, &element.verdict, element.data.is_empty()) {
+        (Some(MapData::Verdict), Some(verdict), true) => {
             w.nest(el::DATA, |w| write_verdict(w, verdict));
         }
-        (None, None) => {}
-        // Only the packet path writes data-map elements (`Stmt::UpdateMap`).
-        (Some(MapData::Value(_)), _) => {
+        (None, None, true) => {}
+        // A dynamic map's elements are written by the packet path (`Stmt::UpdateMap`);
+        // the IR never lists them.
+        (Some(MapData::Value(_)), _, _) if set.flags.dynamic => {
             return Err(Error::encode(format!(
-                "map {}: elements of a data map are the packet path's",
+                "map {}: elements of a dynamic map are the packet path's",
                 set.name
             )));
         }
-        (Some(_), None) => {
+        // A data map's value (the endpoint maps' `address . port`), laid out like a
+        // key: each component padded to 4 bytes when concatenated.
+        (Some(MapData::Value(types)), None, false) => {
+            // A prefix would be written as its first address: refuse it instead.
+            if let Some(net) = element.data.iter().find_map(|value| match value {
+                KeyValue::Net(net) if net.prefix_len() != net.max_prefix_len() => Some(net),
+                _ => None,
+            }) {
+                return Err(Error::encode(format!(
+                    "map {}: prefix {net} as element data",
+                    set.name
+                )));
+            }
+            let bytes = layout::key_bytes(types, &element.data)
+                .map_err(|e| Error::encode(format!("map {}: element data: {e}", set.name)))?;
+            write_value(w, el::DATA, &bytes);
+        }
+        (Some(MapData::Value(_)), _, _) => {
             return Err(Error::encode(format!(
-                "map {}: element without a verdict",
+                "map {}: element without data, or with a verdict",
                 set.name
             )));
         }
-        (None, Some(_)) => {
+        (Some(MapData::Verdict), _, _) => {
             return Err(Error::encode(format!(
-                "set {}: element with a verdict",
+                "map {}: element without a verdict, or with data",
+                set.name
+            )));
+        }
+        (None, _, _) => {
+            return Err(Error::encode(format!(
+                "set {}: element with a verdict or data",
                 set.name
             )));
         }
@@ -322,8 +346,8 @@ pub struct MapEntry {
     pub data: Vec<KeyValue>,
 }
 
-/// Decodes dumped elements of a data map. (The IR has no place for them: only the
-/// packet path writes them, see [`MapData::Value`].)
+/// Decodes dumped elements of a data map, whatever writes them (the packet path for a
+/// dynamic map, whose elements the IR does not list).
 pub(crate) fn map_entries(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<MapEntry>> {
     let Some(MapData::Value(types)) = &info.data else {
         return Err(Error::decode(format!(
@@ -348,15 +372,25 @@ pub(crate) fn map_entries(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<Ma
 }
 
 /// Turns dumped elements back into IR elements, intervals merged into prefixes,
-/// sorted canonically.
+/// sorted canonically. Not for dynamic maps: their elements are the packet path's.
 pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<Element>> {
-    if let Some(MapData::Value(_)) = info.data {
-        return Err(Error::decode(format!(
-            "map {}: the IR has no data-map elements (only dynamic maps have data)",
-            info.name
-        )));
-    }
+    let data_types = match &info.data {
+        Some(MapData::Value(_)) if info.dynamic() => {
+            return Err(Error::decode(format!(
+                "map {}: the IR has no elements of dynamic maps",
+                info.name
+            )));
+        }
+        Some(MapData::Value(types)) => Some(types.as_slice()),
+        _ => None,
+    };
     let mut out = if info.interval() && info.key.len() == 1 {
+        if data_types.is_some() {
+            return Err(Error::decode(format!(
+                "map {}: an interval data map (svcproxy writes none)",
+                info.name
+            )));
+        }
         rbtree_to_ir(raw)?
     } else {
         raw.into_iter()
@@ -366,9 +400,26 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
                     let last = layout::key_values(&info.key, end)?;
                     key = merge_range_values(key, last)?;
                 }
+                let data = match (data_types, &r.value) {
+                    (Some(types), Some(value)) => layout::key_values(types, value)?,
+                    (Some(_), None) => {
+                        return Err(Error::decode(format!(
+                            "element of data map {} without data",
+                            info.name
+                        )));
+                    }
+                    (None, Some(_)) => {
+                        return Err(Error::decode(format!(
+                            "element of {} with data it has no type for",
+                            info.name
+                        )));
+                    }
+                    (None, None) => Vec::new(),
+                };
                 Ok(Element {
                     key,
                     verdict: r.verdict,
+                    data,
                     comment: r.comment,
                 })
             })
@@ -427,6 +478,7 @@ fn range_element(first: IpAddr, last: IpAddr, start: RawElement) -> Result<Eleme
     Ok(Element {
         key: vec![KeyValue::Net(prefix_of_range(first, last)?)],
         verdict: start.verdict,
+        data: Vec::new(),
         comment: start.comment,
     })
 }
@@ -451,12 +503,14 @@ mod tests {
                 ..SetFlags::default()
             },
             timeout_secs: None,
+            exprs: None,
             comment: None,
             elements: nets
                 .iter()
                 .map(|n| Element {
                     key: vec![net(n)],
                     verdict: None,
+                    data: Vec::new(),
                     comment: None,
                 })
                 .collect(),
@@ -479,6 +533,7 @@ mod tests {
             key: set.key.clone(),
             data: None,
             timeout_ms: None,
+            exprs: None,
             comment: None,
         };
         elements_to_ir(&info, raw).unwrap()
@@ -506,6 +561,94 @@ mod tests {
         let all = interval_set(&["0.0.0.0/0"]);
         assert_eq!(element_attrs(&all, &all.elements).unwrap().len(), 1);
         assert_eq!(through_the_kernel_format(&all), all.elements);
+    }
+
+    fn endpoint_map(elements: Vec<Element>) -> Set {
+        Set {
+            name: "endpoints-2".into(),
+            key: vec![KeyType::InetProto, KeyType::InetService, KeyType::Integer],
+            data: Some(MapData::Value(vec![
+                KeyType::Ipv4Addr,
+                KeyType::InetService,
+            ])),
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            exprs: None,
+            elements,
+        }
+    }
+
+    fn endpoint(bucket: u32, ip: &str, port: u16) -> Element {
+        Element {
+            key: vec![
+                KeyValue::Proto(svcproxy_compiler::nft::ir::L4Proto::Tcp),
+                KeyValue::Port(30080),
+                KeyValue::Int(bucket),
+            ],
+            verdict: None,
+            data: vec![net(ip), KeyValue::Port(port)],
+            comment: (bucket == 1).then(|| "b".to_string()),
+        }
+    }
+
+    /// `tcp . 30080 . 1 : 10.244.1.2 . 8080`: a 12-byte key, and the datum as
+    /// `NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE }` of 8 bytes (nft prints it as
+    /// `0201f40a 0000901f`), read back into `Element::data`.
+    #[test]
+    fn data_map_elements_carry_their_datum() {
+        let set = endpoint_map(vec![
+            endpoint(0, "10.244.1.1/32", 8080),
+            endpoint(1, "10.244.1.2/32", 8080),
+        ]);
+        let nests = element_attrs(&set, &set.elements).unwrap();
+        let outer = Attrs::parse(nests.as_bytes()).unwrap();
+        let raw: Vec<RawElement> = outer
+            .iter()
+            .map(|(_, v)| RawElement::from_attrs(&Attrs::parse(v).unwrap()).unwrap())
+            .collect();
+        assert_eq!(raw[1].key.len(), 12);
+        assert_eq!(
+            raw[1].value.as_deref(),
+            Some(&[10, 244, 1, 2, 0x1f, 0x90, 0, 0][..])
+        );
+        let info = SetInfo {
+            name: set.name.clone(),
+            flags: crate::nftables::uapi::set::F_MAP,
+            key: set.key.clone(),
+            data: set.data.clone(),
+            timeout_ms: None,
+            comment: None,
+            exprs: None,
+        };
+        assert_eq!(elements_to_ir(&info, raw).unwrap(), set.elements);
+        // Deletion names the key only.
+        let keys = element_key_attrs(&set, &set.elements).unwrap();
+        let first = Attrs::parse(keys.as_bytes()).unwrap();
+        let (_, nest) = first.iter().next().unwrap();
+        assert!(!Attrs::parse(nest).unwrap().has(el::DATA));
+    }
+
+    #[test]
+    fn data_map_elements_need_data_of_the_maps_types() {
+        let mut no_data = endpoint(0, "10.244.1.1/32", 8080);
+        no_data.data.clear();
+        let mut verdict = endpoint(0, "10.244.1.1/32", 8080);
+        verdict.verdict = Some(Verdict::Accept);
+        let wrong_type = endpoint(0, "fd00::1/128", 8080);
+        // A datum is one endpoint, not a network.
+        let prefix = endpoint(0, "10.244.1.0/24", 8080);
+        for bad in [no_data, verdict, wrong_type, prefix] {
+            let set = endpoint_map(vec![bad.clone()]);
+            assert!(element_attrs(&set, &set.elements).is_err(), "{bad:?}");
+        }
+        // Data on a verdict map or a set, and listed elements of a dynamic map.
+        let mut verdict_map = endpoint_map(vec![endpoint(0, "10.244.1.1/32", 1)]);
+        verdict_map.data = Some(MapData::Verdict);
+        assert!(element_attrs(&verdict_map, &verdict_map.elements).is_err());
+        let mut dynamic = endpoint_map(vec![endpoint(0, "10.244.1.1/32", 1)]);
+        dynamic.flags.dynamic = true;
+        assert!(element_attrs(&dynamic, &dynamic.elements).is_err());
     }
 
     #[test]

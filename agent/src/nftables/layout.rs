@@ -22,6 +22,7 @@ use super::uapi::reg;
 const TYPE_BITS: u32 = 6;
 
 /// nft's data type ids (`enum datatypes`).
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -34,6 +35,7 @@ pub(crate) fn type_len(key: KeyType) -> usize {
         KeyType::Ipv6Addr => 16,
         KeyType::InetProto => 1,
         KeyType::InetService => 2,
+        KeyType::Integer => 4,
     }
 }
 
@@ -62,6 +64,7 @@ fn type_id(key: KeyType) -> u32 {
         KeyType::Ipv6Addr => TYPE_IP6ADDR,
         KeyType::InetProto => TYPE_INET_PROTOCOL,
         KeyType::InetService => TYPE_INET_SERVICE,
+        KeyType::Integer => TYPE_INTEGER,
     }
 }
 
@@ -75,6 +78,7 @@ pub(crate) fn key_types_from_id(mut id: u32) -> Result<Vec<KeyType>> {
             TYPE_IP6ADDR => KeyType::Ipv6Addr,
             TYPE_INET_PROTOCOL => KeyType::InetProto,
             TYPE_INET_SERVICE => KeyType::InetService,
+            TYPE_INTEGER => KeyType::Integer,
             other => return Err(Error::decode(format!("set key data type {other}"))),
         });
         id >>= TYPE_BITS;
@@ -165,6 +169,8 @@ fn key_bytes_with(
             | (KeyType::Ipv6Addr, KeyValue::Net(net @ IpNet::V6(_))) => addr_bytes(&addr_of(net)),
             (KeyType::InetProto, KeyValue::Proto(p)) => vec![p.number()],
             (KeyType::InetService, KeyValue::Port(p)) => p.to_be_bytes().to_vec(),
+            // nft keeps a numgen bucket as the register holds it: host byte order.
+            (KeyType::Integer, KeyValue::Int(n)) => n.to_ne_bytes().to_vec(),
             (ty, value) => {
                 return Err(Error::encode(format!(
                     "value {value:?} for key type {}",
@@ -207,6 +213,9 @@ pub(crate) fn key_values(key: &[KeyType], bytes: &[u8]) -> Result<Vec<KeyValue>>
             }
             KeyType::InetProto => KeyValue::Proto(proto_from_number(field[0])?),
             KeyType::InetService => KeyValue::Port(u16::from_be_bytes([field[0], field[1]])),
+            KeyType::Integer => {
+                KeyValue::Int(u32::from_ne_bytes([field[0], field[1], field[2], field[3]]))
+            }
         });
     }
     Ok(values)
@@ -235,6 +244,12 @@ mod tests {
 
     const V4_SVC: [KeyType; 3] = [KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService];
     const V6_SVC: [KeyType; 3] = [KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService];
+    const V4_BUCKET: [KeyType; 4] = [
+        KeyType::Ipv4Addr,
+        KeyType::InetProto,
+        KeyType::InetService,
+        KeyType::Integer,
+    ];
 
     #[test]
     fn registers_match_nft() {
@@ -278,5 +293,37 @@ mod tests {
         assert_eq!(bytes, [10, 96, 0, 1, 6, 0, 0, 0, 1, 187, 0, 0]);
         assert_eq!(key_values(&V4_SVC, &bytes).unwrap(), values);
         assert!(key_bytes(&V6_SVC, &values).is_err());
+    }
+
+    #[test]
+    fn endpoint_map_key_matches_nft() {
+        // `typeof ip daddr . meta l4proto . th dport . numgen random mod 2`: nft 1.0.6
+        // sends key type 0x001cc344, key length 16, and registers 1, 9, 10, 11.
+        assert_eq!(key_type_id(&V4_BUCKET), 0x001c_c344);
+        assert_eq!(key_len(&V4_BUCKET), 16);
+        assert_eq!(concat_registers(&V4_BUCKET), vec![1, 9, 10, 11]);
+        assert_eq!(key_types_from_id(0x001c_c344).unwrap(), V4_BUCKET.to_vec());
+        // IPv6: 1, 2, 13, 14 (`nft --debug=netlink`).
+        let mut v6 = V6_SVC.to_vec();
+        v6.push(KeyType::Integer);
+        assert_eq!(concat_registers(&v6), vec![1, 2, 13, 14]);
+        assert_eq!(key_len(&v6), 28);
+        // The element `10.96.0.1 . tcp . 80 . 1` as nft prints its key:
+        // 0100600a 00000006 00005000 00000001 (32-bit words in host order).
+        let values = vec![
+            KeyValue::Net("10.96.0.1/32".parse().unwrap()),
+            KeyValue::Proto(L4Proto::Tcp),
+            KeyValue::Port(80),
+            KeyValue::Int(1),
+        ];
+        let bytes = key_bytes(&V4_BUCKET, &values).unwrap();
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|w| u32::from_ne_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, [0x0100_600a, 0x0000_0006, 0x0000_5000, 0x0000_0001]);
+        assert_eq!(key_values(&V4_BUCKET, &bytes).unwrap(), values);
+        // A bucket is not a port.
+        assert!(key_bytes(&[KeyType::Integer], &[KeyValue::Port(1)]).is_err());
     }
 }

@@ -33,7 +33,8 @@ mod udata;
 pub use apply::{apply_full, full_replacement};
 pub use batch::Batch;
 pub use diff::{
-    Change, Changes, DeferredChain, DiffOptions, Op, StaleChains, Summary, diff, diff_with,
+    Change, Changes, DeferredChain, DiffOptions, Op, StaleChains, Summary, apply_all, diff,
+    diff_with,
 };
 pub use element::MapEntry;
 pub use error::{BatchRejected, Error, MessageFailure, Result};

@@ -64,7 +64,7 @@ impl NftSocket {
             if attrs.string(st::TABLE)?.as_deref() != Some(name) {
                 continue;
             }
-            let info = SetInfo::from_attrs(&attrs)?;
+            let info = SetInfo::from_attrs(family, &attrs)?;
             // The elements of dynamic sets (ClientIP affinity) are the packet path's:
             // the diff never compares them, there is one per client, and the IR has
             // no place for a data map's data. They are not read
@@ -144,7 +144,7 @@ impl NftSocket {
         let Some(reply) = self.get(&Message::get_set(family, table, map))? else {
             return Ok(None);
         };
-        let info = SetInfo::from_attrs(&expect(&reply, NfTablesMessageType::NewSet)?)?;
+        let info = SetInfo::from_attrs(family, &expect(&reply, NfTablesMessageType::NewSet)?)?;
         let raw = self.read_elements(family, table, map)?;
         map_entries(&info, raw).map(Some)
     }

@@ -33,18 +33,37 @@ pub mod set {
     pub const DATA_INTERVAL: u8 = 6;
     pub const COMMENT: u8 = 7;
 
+    /// An expression's records (also those of each component inside a
+    /// concatenation's `TYPEOF_DATA`, numbered from 0).
     pub const TYPEOF_EXPR: u8 = 0;
     pub const TYPEOF_DATA: u8 = 1;
+    /// Inside a payload's `TYPEOF_DATA`.
     pub const PAYLOAD_DESC: u8 = 0;
     pub const PAYLOAD_TYPE: u8 = 1;
+    /// Inside a meta expression's `TYPEOF_DATA`.
+    pub const META_KEY: u8 = 0;
+    /// Inside a numgen expression's `TYPEOF_DATA`.
+    pub const NUMGEN_TYPE: u8 = 0;
+    pub const NUMGEN_MOD: u8 = 1;
+    pub const NUMGEN_OFFSET: u8 = 2;
 
     /// nft's `enum byteorder`.
     pub const BYTEORDER_INVALID: u32 = 0;
+    pub const BYTEORDER_HOST_ENDIAN: u32 = 1;
     pub const BYTEORDER_BIG_ENDIAN: u32 = 2;
 
     /// nft's `enum expr_types` values for the key expressions it records.
     pub const EXPR_PAYLOAD: u32 = 7;
+    pub const EXPR_META: u32 = 9;
     pub const EXPR_CONCAT: u32 = 13;
+    pub const EXPR_NUMGEN: u32 = 23;
+
+    /// `th dport`: nft's `PROTO_DESC_TH` and its `THDR_DPORT` field.
+    pub const PROTO_DESC_TH: u32 = 11;
+    pub const TH_DPORT: u32 = 2;
+    /// `NFT_META_L4PROTO`, `NFT_NG_RANDOM`.
+    pub const META_L4PROTO: u32 = 16;
+    pub const NUMGEN_RANDOM: u32 = 1;
 }
 
 /// Builds one userdata blob.
@@ -141,6 +160,13 @@ pub(crate) fn find(blob: &[u8], kind: u8) -> Result<Option<&[u8]>> {
         .into_iter()
         .find(|(k, _)| *k == kind)
         .map(|(_, v)| v))
+}
+
+/// A record's value as a host-order u32 (how nft writes integers into userdata).
+pub(crate) fn parse_u32(value: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(value)
+        .map(u32::from_ne_bytes)
+        .map_err(|_| Error::decode(format!("userdata integer of {} bytes", value.len())))
 }
 
 pub(crate) fn find_str(blob: &[u8], kind: u8) -> Result<Option<String>> {

@@ -9,6 +9,7 @@
 
 mod affinity;
 mod backend;
+mod fragment;
 mod nft;
 pub mod stale;
 

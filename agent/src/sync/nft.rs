@@ -6,7 +6,8 @@ use svcproxy_compiler::nft::TABLE_NAME;
 use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset};
 
 use super::affinity::{StaleAffinity, stale_affinity};
-use crate::nftables::{self, Batch, Changes, Error, NftSocket, diff};
+use super::fragment;
+use crate::nftables::{self, Batch, Change, Changes, Error, NftSocket, Op, apply_all, diff};
 
 /// Attempts at deleting stale affinity entries: an entry can time out between the
 /// dump and the deletion, which fails the batch (ENOENT); the next dump will not have
@@ -23,6 +24,14 @@ const OWNED: [(Family, &str); 2] = [(Family::Ip, TABLE_NAME), (Family::Ip6, TABL
 /// a test can watch a real kernel reject a real batch and the agent report it, keep
 /// the previous ruleset and retry. Unset (always, outside tests), it does nothing.
 pub const FAILPOINT_REJECT_COMMITS: &str = "SVCPROXY_FAILPOINT_REJECT_COMMITS";
+
+/// Whether a change only adds or deletes elements (of sets that exist before and after).
+fn is_element_change(change: &Change) -> bool {
+    matches!(
+        change.op,
+        Op::AddElements { .. } | Op::DeleteElements { .. }
+    )
+}
 
 /// The chain the failpoint's rule names; it never exists.
 const FAILPOINT_CHAIN: &str = "failpoint-no-such-chain";
@@ -78,6 +87,9 @@ pub struct NftSyncer {
     committed_once: bool,
     /// Stale affinity entries the last sync deleted, for the outcome.
     affinity_deleted: usize,
+    /// Element changes that fragment syncs committed and `committed` does not show
+    /// yet ([`NftSyncer::settle`]).
+    pending: Vec<Change>,
 }
 
 impl NftSyncer {
@@ -100,6 +112,7 @@ impl NftSyncer {
             failpoint_rejects,
             committed_once: false,
             affinity_deleted: 0,
+            pending: Vec::new(),
         })
     }
 
@@ -109,6 +122,7 @@ impl NftSyncer {
     pub fn sync(&mut self, desired: &Ruleset) -> nftables::Result<SyncOutcome> {
         let started = Instant::now();
         self.reset();
+        self.settle();
         if let Some((current, generation)) = &self.committed {
             let changes = diff(current, desired);
             if changes.is_empty() {
@@ -130,6 +144,7 @@ impl NftSyncer {
                     // The batch failed as a whole; the kernel is unchanged, but make
                     // the next attempt look at the kernel rather than trust our view.
                     self.committed = None;
+                    self.pending.clear();
                     return Err(e);
                 }
             }
@@ -164,7 +179,9 @@ impl NftSyncer {
     /// grow with the rest of the ruleset. Needs a previous sync (the generation it
     /// committed proves the kernel still holds what it did); without one, or when
     /// someone else changed the ruleset since, it returns
-    /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`].
+    /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`];
+    /// so does a change that needs a set no fragment can create (a new endpoint
+    /// count's map, whose rule is in a shared chain): [`Error::NeedsWholeSync`].
     pub fn sync_fragment(
         &mut self,
         before: &Ruleset,
@@ -177,6 +194,11 @@ impl NftSyncer {
         };
         let generation = *generation;
         let changes = diff(before, after);
+        let changes = match &self.committed {
+            Some((state, _)) => fragment::fit_to_committed(changes, before, state)
+                .map_err(|e| Error::NeedsWholeSync { set: e.set })?,
+            None => changes,
+        };
         if changes.is_empty() {
             return Ok(self.outcome(SyncKind::Partial, changes, 0, started));
         }
@@ -190,7 +212,15 @@ impl NftSyncer {
                 self.committed_once = true;
                 let (state, _) = self.committed.take().expect("checked above");
                 let mut state = state;
-                changes.apply_to(&mut state);
+                // Element changes wait in `pending`: merging them into the committed
+                // state costs a pass over sets of 250,000 elements, which the next
+                // whole sync pays once for all of them.
+                if changes.ops.iter().all(is_element_change) {
+                    self.pending.extend(changes.ops.iter().cloned());
+                } else {
+                    apply_all(&std::mem::take(&mut self.pending), &mut state);
+                    changes.apply_to(&mut state);
+                }
                 self.committed = Some((state, commit.generation));
                 self.timing = Some(timing(diffed, encode, &commit));
                 let messages = commit.messages;
@@ -199,6 +229,7 @@ impl NftSyncer {
             }
             Err(e) => {
                 self.committed = None;
+                self.pending.clear();
                 Err(e)
             }
         }
@@ -215,9 +246,22 @@ impl NftSyncer {
         self.socket.read_tables(&OWNED)
     }
 
+    /// Brings the committed state up to date with the element changes of fragment
+    /// syncs, all at once.
+    fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if let Some((state, _)) = &mut self.committed {
+            apply_all(&pending, state);
+        }
+    }
+
     /// Forgets what was committed: the next sync reads the kernel back.
     pub fn invalidate(&mut self) {
         self.committed = None;
+        self.pending.clear();
     }
 
     fn sync_from_kernel(
@@ -230,6 +274,7 @@ impl NftSyncer {
         let changes = diff(&current, desired);
         if changes.is_empty() {
             self.committed = Some((desired.clone(), generation));
+            self.pending.clear();
             return Ok(self.outcome(SyncKind::Full, changes, 0, started));
         }
         let diffed = diffing.elapsed();
@@ -237,6 +282,7 @@ impl NftSyncer {
             .commit(&changes, generation, desired, diffed)
             .inspect_err(|_| {
                 self.committed = None;
+                self.pending.clear();
             })?;
         self.clear_stale_affinity(&stale_affinity(&current, desired, &changes));
         Ok(self.outcome(SyncKind::Full, changes, messages, started))
@@ -289,6 +335,7 @@ impl NftSyncer {
                 .map(|e| Element {
                     key: e.key,
                     verdict: None,
+                    data: Vec::new(),
                     comment: None,
                 })
                 .collect();
@@ -331,6 +378,7 @@ impl NftSyncer {
         let commit = self.socket.commit(&batch, Some(generation))?;
         self.committed_once = true;
         self.committed = Some((desired.clone(), commit.generation));
+        self.pending.clear();
         self.timing = Some(timing(diffed, encode, &commit));
         Ok(commit.messages)
     }

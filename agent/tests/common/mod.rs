@@ -56,6 +56,11 @@ impl Netns {
         self.0.nft(text).expect("nft -f")
     }
 
+    /// `nft -f -` of `text`, nft's complaint as the error.
+    pub fn try_nft_load(&self, text: &str) -> Result<(), String> {
+        self.0.nft(text).map_err(|e| format!("{e:#}"))
+    }
+
     /// The oracle of the conntrack tests: `conntrack -L` lines of `protocol` to
     /// `orig_dst`.
     pub fn conntrack_list(&self, protocol: &str, orig_dst: IpAddr) -> Vec<String> {

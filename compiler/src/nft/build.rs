@@ -28,6 +28,7 @@ impl TableParts {
             flags: SetFlags::default(),
             timeout_secs: None,
             comment: Some(comment.into()),
+            exprs: None,
             elements: Vec::new(),
         });
     }
@@ -45,6 +46,7 @@ impl TableParts {
             set.elements.push(Element {
                 key,
                 verdict,
+                data: Vec::new(),
                 comment,
             });
         }

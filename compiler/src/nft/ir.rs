@@ -174,6 +174,9 @@ pub enum KeyExpr {
     L4Proto,
     /// `th dport`: the transport header's destination port, whatever the protocol.
     ThDport,
+    /// `numgen random mod N`: a random bucket in `0..N` (the random choice of an
+    /// endpoint, as the last component of an endpoint map's key).
+    Numgen { modulus: u32 },
 }
 
 /// Comparison operator of a match.
@@ -267,6 +270,16 @@ pub enum Stmt {
         port_map: Option<String>,
     },
 
+    /// `dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @m`:
+    /// DNAT to the `address . port` that the map holds for the key. A key missing
+    /// from the map makes the rule not match, so evaluation goes on with the next
+    /// rule. (No protocol match is needed: nft accepts a port mapping whose key has
+    /// `th dport`.)
+    DnatMap {
+        key: Vec<KeyExpr>,
+        map: String,
+    },
+
     // ----- verdicts -----
     /// `KEY vmap @map`: look the key up in a named verdict map.
     Vmap {
@@ -295,6 +308,9 @@ pub enum KeyType {
     Ipv6Addr,
     InetProto,
     InetService,
+    /// A 32-bit number in host byte order (a `numgen` bucket). nft cannot name it in
+    /// `type`: a set with such a component is declared with `typeof` ([`SetExprs`]).
+    Integer,
 }
 
 impl KeyType {
@@ -304,6 +320,7 @@ impl KeyType {
             KeyType::Ipv6Addr => "ipv6_addr",
             KeyType::InetProto => "inet_proto",
             KeyType::InetService => "inet_service",
+            KeyType::Integer => "integer",
         }
     }
 }
@@ -322,16 +339,28 @@ pub struct Set {
     /// Default timeout for elements, in seconds (only with `flags.timeout`).
     pub timeout_secs: Option<u32>,
     pub comment: Option<String>,
+    /// The expressions the key and data are typed after (`typeof ip daddr . numgen
+    /// random mod 2 : ip daddr . th dport`), for sets whose types nft cannot name;
+    /// `None` for `type ...` declarations. `key` and `data` still give the types.
+    pub exprs: Option<SetExprs>,
     /// Elements, sorted: the renderer and the diff rely on a canonical order.
     pub elements: Vec<Element>,
+}
+
+/// The `typeof` declaration of a set: one expression per key (and data) component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SetExprs {
+    pub key: Vec<KeyExpr>,
+    pub data: Vec<KeyExpr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MapData {
     Verdict,
-    /// Values of these types (several: a concatenation, `ipv4_addr . inet_service`).
-    /// Only dynamic maps have such data: their elements come from the packet path
-    /// (`Stmt::UpdateMap`), never from the IR's element lists.
+    /// Values of these types (several: a concatenation, `ipv4_addr . inet_service`):
+    /// the endpoint maps (elements listed in the IR, with [`Element::data`]) and the
+    /// dynamic affinity maps (elements written by the packet path, `Stmt::UpdateMap`,
+    /// never listed in the IR).
     Value(Vec<KeyType>),
 }
 
@@ -352,13 +381,17 @@ pub enum KeyValue {
     Net(IpNet),
     Proto(L4Proto),
     Port(u16),
+    /// A [`KeyType::Integer`] (a `numgen` bucket).
+    Int(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     /// One value per key component.
     pub key: Vec<KeyValue>,
-    /// The verdict, for map elements.
+    /// The verdict, for verdict-map elements.
     pub verdict: Option<Verdict>,
+    /// The value, for data-map elements (one value per data component); empty otherwise.
+    pub data: Vec<KeyValue>,
     pub comment: Option<String>,
 }

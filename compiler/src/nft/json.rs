@@ -100,6 +100,14 @@ fn element_json(element: &Element) -> Value {
     }
     match &element.verdict {
         Some(verdict) => json!([key, verdict_json(verdict)]),
+        None if !element.data.is_empty() => {
+            let data = if element.data.len() == 1 {
+                key_value_json(&element.data[0])
+            } else {
+                json!({"concat": element.data.iter().map(key_value_json).collect::<Vec<_>>()})
+            };
+            json!([key, data])
+        }
         None => key,
     }
 }
@@ -109,6 +117,7 @@ fn key_value_json(value: &KeyValue) -> Value {
         KeyValue::Net(net) => net_json(net),
         KeyValue::Proto(proto) => json!(proto.keyword()),
         KeyValue::Port(port) => json!(port),
+        KeyValue::Int(n) => json!(n),
     }
 }
 
@@ -154,6 +163,9 @@ fn key_expr_json(family: Family, key: KeyExpr) -> Value {
         KeyExpr::Addr(field) => payload(family.keyword(), field.keyword()),
         KeyExpr::L4Proto => meta("l4proto"),
         KeyExpr::ThDport => payload("th", "dport"),
+        KeyExpr::Numgen { modulus } => {
+            json!({"numgen": {"mode": "random", "mod": modulus, "offset": 0}})
+        }
     }
 }
 
@@ -230,6 +242,15 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
                 }
             };
             return vec![matches("==", meta("l4proto"), json!(proto.keyword())), dnat];
+        }
+        Stmt::DnatMap { key, map } => {
+            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
+            let key = if key.len() == 1 {
+                key.into_iter().next().unwrap_or(Value::Null)
+            } else {
+                json!({ "concat": key })
+            };
+            json!({"dnat": {"family": fam, "addr": {"map": {"key": key, "data": format!("@{map}")}}}})
         }
         Stmt::Vmap { key, map } => {
             let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();

@@ -1,39 +1,41 @@
 //! Where a Service becomes rules: the plan rendered as one nftables table per family.
 //!
-//! The layout follows kube-proxy's nftables mode, so operators who know it can read
-//! ours:
+//! The layout follows kube-proxy's nftables mode where that costs nothing, so
+//! operators who know it can read ours:
 //! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
-//!   (`service-nodeports`) dispatch a new connection to its service port in one lookup;
-//! - a `service-…` chain per service port (and `local-…` for Local policy) picks an
-//!   endpoint and DNATs to it;
-//! - ClientIP affinity is one dynamic map per pool of a service port (`affinity-…`,
-//!   `affinity-local-…`) from client address to endpoint: the pool chain DNATs a
-//!   known client from it first (refreshing its entry), and each random-choice rule
-//!   records the client before its DNAT (IPv6: a second map holds the port,
-//!   `affinity-port-…`);
-//! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
-//!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs;
-//! - an `external-…` chain handles NodePort/externalIP/LoadBalancer traffic (masquerade
-//!   or the Local-policy short-circuits), a `firewall-…` chain the source ranges;
+//!   (`service-nodeports`) dispatch a new connection to its kind of traffic in one
+//!   lookup;
 //! - `no-endpoint-*` maps reject (no endpoint at all) or drop (none usable here), from
-//!   filter chains, because `reject` is only allowed there.
+//!   filter chains, because `reject` is only allowed there; a `firewall-…` chain per
+//!   port with LoadBalancer source ranges;
+//! - hairpin traffic (a pod reaching itself through a service) is masqueraded in
+//!   postrouting, from the `hairpin-endpoints` set of `endpoint . endpoint` pairs.
 //!
-//! Three deliberate differences from kube-proxy:
-//! - no chain per endpoint, and no set per endpoint for affinity (kube-proxy has an
-//!   `affinity-…` set and an `endpoint-…` chain per endpoint): the kernel's commit walks
-//!   every chain, re-validates every chain reachable from a base chain whenever a rule
-//!   is added, and finds a set by name in a list per table, so chains and sets are
-//!   what large rulesets pay for (docs/design.md);
-//! - the random choice is a cascade of `numgen random mod N == 0 goto` rules instead of
-//!   an anonymous `numgen … vmap { … }` per service: anonymous maps make the kernel's
-//!   rule insertion quadratic in the number of services (10,000 services: 199 s against
-//!   7.2 s through `nft -f`, `shared/notes/ruleset-scaling.md`);
+//! Where it differs, it is because the kernel's commit walks every chain, and a rule
+//! or a jumping map element makes it re-validate the whole table (docs/design.md,
+//! "Performance at scale"):
+//! - a service port has no chain of its own. Its dispatch elements `goto` chains shared
+//!   by every port (`cluster-ip-traffic`, `external-traffic`, `external-local-traffic`,
+//!   `nodeport-traffic`, `nodeport-local-traffic`), which make the masquerade and
+//!   traffic-policy decisions and go on to a `pick-…` chain. The random choice is one
+//!   rule per endpoint count N present, `dnat ip to ip daddr . meta l4proto . th dport
+//!   . numgen random mod N map @endpoints-N`; the port's endpoints are the elements
+//!   `DESTINATION . i : ENDPOINT_i` of the map of its count. So an endpoint change is
+//!   an element change (data maps need no validation), unless it brings a count no
+//!   other port has. No anonymous map either: those made kube-proxy's rule insertion
+//!   quadratic (10,000 services: 199 s against 7.2 s through `nft -f`,
+//!   `shared/notes/ruleset-scaling.md`);
+//! - except with ClientIP affinity: recording the client's endpoint needs it as a
+//!   constant, so such a port keeps per-port chains (`service-…`, `local-…`,
+//!   `external-…`) with a cascade of `numgen random mod (n-i) == 0` rules, each
+//!   recording the client in the pool's dynamic map (`affinity-…`, IPv6 also
+//!   `affinity-port-…`) before its DNAT; a known client is sent back first;
 //! - the no-endpoint check for locally generated traffic runs after DNAT
 //!   (`filter-output-post-dnat`), so the node's own connections to an externalIP or
 //!   LoadBalancer IP of a Local-policy service without local endpoints are
 //!   short-circuited to the cluster endpoints, as the policy says, instead of dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -67,6 +69,81 @@ const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 const FIREWALL_CHECK: &str = "firewall-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const CLUSTER_IP_TRAFFIC: &str = "cluster-ip-traffic";
+const EXTERNAL_TRAFFIC: &str = "external-traffic";
+const EXTERNAL_LOCAL_TRAFFIC: &str = "external-local-traffic";
+const NODEPORT_TRAFFIC: &str = "nodeport-traffic";
+const NODEPORT_LOCAL_TRAFFIC: &str = "nodeport-local-traffic";
+
+/// The endpoint maps: which key picks from which pool. A service port's elements sit in
+/// the map for its endpoint count N (`endpoints-3`), keyed by the packet's destination
+/// and a random bucket in `0..N`; the `pick-…` chain has one rule per count present,
+/// `dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map
+/// @endpoints-N`. A key missing from a count's map falls through to the next rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pick {
+    /// ClusterIP, externalIP and LoadBalancer IP traffic, from the pool its policy names.
+    Address,
+    /// externalIP and LoadBalancer IP traffic of a Local-policy port that is
+    /// short-circuited to the Cluster pool (pods and the node itself).
+    AddressCluster,
+    /// NodePort traffic, from the pool its policy names.
+    NodePort,
+    /// Short-circuited NodePort traffic of a Local-policy port.
+    NodePortCluster,
+}
+
+impl Pick {
+    const ALL: [Pick; 4] = [
+        Pick::Address,
+        Pick::AddressCluster,
+        Pick::NodePort,
+        Pick::NodePortCluster,
+    ];
+
+    fn chain(self) -> &'static str {
+        match self {
+            Pick::Address => "pick-endpoint",
+            Pick::AddressCluster => "pick-cluster-endpoint",
+            Pick::NodePort => "pick-nodeport-endpoint",
+            Pick::NodePortCluster => "pick-nodeport-cluster-endpoint",
+        }
+    }
+
+    fn map_prefix(self) -> &'static str {
+        match self {
+            Pick::Address => "endpoints-",
+            Pick::AddressCluster => "cluster-endpoints-",
+            Pick::NodePort => "nodeport-endpoints-",
+            Pick::NodePortCluster => "nodeport-cluster-endpoints-",
+        }
+    }
+
+    fn map(self, count: u32) -> String {
+        format!("{}{count}", self.map_prefix())
+    }
+
+    /// Short: the kernel keeps at most 256 bytes of set userdata, and the `typeof`
+    /// declaration already takes 174 of them.
+    fn map_comment(self, count: u32) -> String {
+        let what = match self {
+            Pick::Address => "destination . bucket : endpoint",
+            Pick::AddressCluster => "Local-policy external IP . bucket : Cluster endpoint",
+            Pick::NodePort => "NodePort . bucket : endpoint",
+            Pick::NodePortCluster => "Local-policy NodePort . bucket : Cluster endpoint",
+        };
+        let plural = if count == 1 { "" } else { "s" };
+        format!("{what} ({count} endpoint{plural})")
+    }
+
+    /// The packet's part of the key: its destination, or only the port for NodePorts.
+    fn key(self) -> Vec<KeyExpr> {
+        match self {
+            Pick::Address | Pick::AddressCluster => dispatch_exprs(),
+            Pick::NodePort | Pick::NodePortCluster => vec![KeyExpr::L4Proto, KeyExpr::ThDport],
+        }
+    }
+}
 
 /// Filter chains run just before DNAT (-100) so they see the original destination;
 /// the post-DNAT output chain just after it.
@@ -80,6 +157,20 @@ pub fn ruleset(plan: &Plan) -> Ruleset {
     Ruleset {
         tables: plan.families.iter().map(table).collect(),
     }
+}
+
+/// Whether a chain's rules depend on which Services exist: the per-port chains, and
+/// the `pick-…` chains (a rule per endpoint count present). A fragment holds these.
+pub fn is_fragment_chain(name: &str) -> bool {
+    is_per_service_chain(name) || Pick::ALL.iter().any(|pick| pick.chain() == name)
+}
+
+/// Whether a set is one of the endpoint maps (`endpoints-3`, `nodeport-endpoints-1`).
+pub fn is_endpoint_map(name: &str) -> bool {
+    Pick::ALL.iter().any(|pick| {
+        name.strip_prefix(pick.map_prefix())
+            .is_some_and(|count| count.parse::<u32>().is_ok())
+    })
 }
 
 /// Whether a chain belongs to one service port (its name has a slash, as every
@@ -105,6 +196,9 @@ struct TableBuilder<'a> {
     /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
     /// endpoints, so they are collected once each and become elements at the end.
     hairpin: BTreeSet<IpAddr>,
+    /// The elements of the endpoint maps, by map kind and endpoint count; the maps and
+    /// their `pick-…` rules are made at the end, for the counts present.
+    endpoint_maps: BTreeMap<(Pick, u32), Vec<Element>>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -114,6 +208,7 @@ impl<'a> TableBuilder<'a> {
             family: fp.family,
             parts: TableParts::default(),
             hairpin: BTreeSet::new(),
+            endpoint_maps: BTreeMap::new(),
         }
     }
 
@@ -128,9 +223,11 @@ impl<'a> TableBuilder<'a> {
             set.elements.extend(hairpin.into_iter().map(|ip| Element {
                 key: vec![net(ip), net(ip)],
                 verdict: None,
+                data: Vec::new(),
                 comment: None,
             }));
         }
+        self.endpoint_maps_and_rules();
         self.parts.into_table(
             self.family,
             TABLE_NAME,
@@ -164,6 +261,7 @@ impl<'a> TableBuilder<'a> {
                 .map(|net| Element {
                     key: vec![KeyValue::Net(*net)],
                     verdict: None,
+                    data: Vec::new(),
                     comment: None,
                 })
                 .collect();
@@ -370,10 +468,186 @@ impl<'a> TableBuilder<'a> {
                 rule(nodeport_dispatch),
             ],
         );
+        self.shared_chains();
+    }
+
+    /// The chains shared by every service port without ClientIP affinity: the
+    /// masquerade decision of each kind of traffic, then the random choice of an
+    /// endpoint from the endpoint maps. A service port has no chain of its own, so an
+    /// endpoint change is an element change (docs/design.md, "Performance at scale").
+    fn shared_chains(&mut self) {
+        let mut cluster_ip = Vec::new();
+        match self.fp.internal_masquerade() {
+            Masquerade::All => cluster_ip.push(rule(vec![jump(MARK_FOR_MASQUERADE)])),
+            Masquerade::NotFrom(cidrs) => cluster_ip.push(rule(vec![
+                addr_match(AddrField::Saddr, CmpOp::Ne, &cidrs),
+                jump(MARK_FOR_MASQUERADE),
+            ])),
+            Masquerade::Never => {}
+        }
+        cluster_ip.push(rule(vec![goto(Pick::Address.chain())]));
+        self.shared_chain(CLUSTER_IP_TRAFFIC, "ClusterIP traffic", cluster_ip);
+        // The endpoint may be on another node: masquerade so replies come back
+        // through this one.
+        let masquerade_then = |pick: Pick| {
+            vec![
+                rule(vec![jump(MARK_FOR_MASQUERADE)]),
+                rule(vec![goto(pick.chain())]),
+            ]
+        };
+        self.shared_chain(
+            EXTERNAL_TRAFFIC,
+            "externalIP and LoadBalancer IP traffic, Cluster policy",
+            masquerade_then(Pick::Address),
+        );
+        let mut external_local = self.local_policy_rules(Pick::AddressCluster.chain());
+        external_local.push(rule(vec![goto(Pick::Address.chain())]));
+        self.shared_chain(
+            EXTERNAL_LOCAL_TRAFFIC,
+            "externalIP and LoadBalancer IP traffic, Local policy",
+            external_local,
+        );
+        self.shared_chain(
+            NODEPORT_TRAFFIC,
+            "NodePort traffic, Cluster policy",
+            masquerade_then(Pick::NodePort),
+        );
+        let mut nodeport_local = self.local_policy_rules(Pick::NodePortCluster.chain());
+        nodeport_local.push(rule(vec![goto(Pick::NodePort.chain())]));
+        self.shared_chain(
+            NODEPORT_LOCAL_TRAFFIC,
+            "NodePort traffic, Local policy",
+            nodeport_local,
+        );
+        // Filled at the end, one rule per endpoint count present.
+        for pick in Pick::ALL {
+            self.parts.chain(pick.chain(), Vec::new());
+        }
+    }
+
+    fn shared_chain(&mut self, name: &str, comment: &str, rules: Vec<Rule>) {
+        self.parts.chain(name, rules);
+        self.parts.chains.last_mut().expect("just added").comment = Some(comment.into());
+    }
+
+    /// The first rules of a Local-policy external path: pods and the node itself are
+    /// sent to the Cluster pool (`short_circuit`), the node's own connections
+    /// masqueraded; what falls through is external traffic, for the Local pool.
+    fn local_policy_rules(&self, short_circuit: &str) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        if !self.fp.cluster_cidrs.is_empty() {
+            rules.push(commented(
+                vec![
+                    addr_match(AddrField::Saddr, CmpOp::Eq, &self.fp.cluster_cidrs),
+                    goto(short_circuit),
+                ],
+                "short-circuit pod traffic",
+            ));
+        }
+        rules.push(commented(
+            vec![
+                Stmt::FibAddrTypeLocal(AddrField::Saddr),
+                jump(MARK_FOR_MASQUERADE),
+            ],
+            "masquerade local traffic",
+        ));
+        rules.push(commented(
+            vec![
+                Stmt::FibAddrTypeLocal(AddrField::Saddr),
+                goto(short_circuit),
+            ],
+            "short-circuit local traffic",
+        ));
+        rules
+    }
+
+    /// Declares the endpoint maps for the counts present, with their elements, and
+    /// the `pick-…` rule of each (ascending count).
+    ///
+    /// Each count present also gets its neighbours' maps and rules, empty if no port
+    /// has that count (headroom): a service scaled up or down by one endpoint then
+    /// moves into a map that exists, which is an element change, where a new map
+    /// needs a new rule and so a validation of the whole table at commit.
+    fn endpoint_maps_and_rules(&mut self) {
+        let addr = self.family.addr_type();
+        let mut maps = std::mem::take(&mut self.endpoint_maps);
+        let present: Vec<(Pick, u32)> = maps.keys().copied().collect();
+        for (pick, count) in present {
+            for neighbour in [count - 1, count + 1] {
+                if neighbour > 0 {
+                    maps.entry((pick, neighbour)).or_default();
+                }
+            }
+        }
+        for ((pick, count), elements) in maps {
+            let name = pick.map(count);
+            let mut key_exprs = pick.key();
+            key_exprs.push(KeyExpr::Numgen { modulus: count });
+            let mut key = match pick {
+                Pick::Address | Pick::AddressCluster => {
+                    vec![addr, KeyType::InetProto, KeyType::InetService]
+                }
+                Pick::NodePort | Pick::NodePortCluster => {
+                    vec![KeyType::InetProto, KeyType::InetService]
+                }
+            };
+            key.push(KeyType::Integer);
+            self.parts.sets.push(Set {
+                name: name.clone(),
+                key,
+                data: Some(MapData::Value(vec![addr, KeyType::InetService])),
+                flags: SetFlags::default(),
+                timeout_secs: None,
+                comment: Some(pick.map_comment(count)),
+                exprs: Some(SetExprs {
+                    key: key_exprs.clone(),
+                    data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
+                }),
+                elements,
+            });
+            if let Some(chain) = self
+                .parts
+                .chains
+                .iter_mut()
+                .find(|c| c.name == pick.chain())
+            {
+                chain.rules.push(rule(vec![Stmt::DnatMap {
+                    key: key_exprs,
+                    map: name,
+                }]));
+            }
+        }
+    }
+
+    /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count.
+    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &[Endpoint]) {
+        let Ok(count) = u32::try_from(endpoints.len()) else {
+            return;
+        };
+        if count == 0 {
+            return;
+        }
+        let elements = self.endpoint_maps.entry((pick, count)).or_default();
+        elements.reserve(endpoints.len());
+        for (i, endpoint) in (0..count).zip(endpoints) {
+            let mut k = Vec::with_capacity(key.len() + 1);
+            k.extend(key.iter().cloned());
+            k.push(KeyValue::Int(i));
+            elements.push(Element {
+                key: k,
+                verdict: None,
+                data: vec![net(endpoint.ip), KeyValue::Port(endpoint.port)],
+                comment: None,
+            });
+        }
     }
 
     // ----- one service port -----
 
+    /// A service port's elements (and, with ClientIP affinity, its chains). Without
+    /// affinity it dispatches to the shared chains and its endpoints are elements of
+    /// the endpoint maps; with affinity it keeps kube-proxy's per-port chains, because
+    /// recording the client's choice needs the chosen endpoint as a constant.
     fn service_port(&mut self, sp: &ServicePortPlan) {
         let id = &sp.id;
         let proto = id.protocol;
@@ -382,10 +656,23 @@ impl<'a> TableBuilder<'a> {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
         };
+        let own_chains = sp.affinity_timeout.is_some();
         let port_names = names::PortNames::new(id);
         let pool_chain = |pool: Pool| match pool {
             Pool::Cluster => port_names.service_chain(),
             Pool::Local => port_names.local_chain(),
+        };
+        let policy_local = sp.external.as_ref().is_some_and(|e| e.policy_local);
+        let (external_target, nodeport_target) = if own_chains {
+            let chain = port_names.external_chain();
+            (chain.clone(), chain)
+        } else if policy_local {
+            (
+                EXTERNAL_LOCAL_TRAFFIC.to_string(),
+                NODEPORT_LOCAL_TRAFFIC.to_string(),
+            )
+        } else {
+            (EXTERNAL_TRAFFIC.to_string(), NODEPORT_TRAFFIC.to_string())
         };
 
         self.parts
@@ -394,12 +681,24 @@ impl<'a> TableBuilder<'a> {
 
         // ClusterIP traffic.
         match sp.internal {
-            Disposition::Forward(pool) => self.parts.element(
-                SERVICE_IPS,
-                dispatch(sp.cluster_ip),
-                Some(Verdict::Goto(pool_chain(pool))),
-                None,
-            ),
+            Disposition::Forward(pool) => {
+                let target = if own_chains {
+                    pool_chain(pool)
+                } else {
+                    self.endpoint_elements(
+                        Pick::Address,
+                        dispatch(sp.cluster_ip),
+                        sp.endpoints(pool),
+                    );
+                    CLUSTER_IP_TRAFFIC.to_string()
+                };
+                self.parts.element(
+                    SERVICE_IPS,
+                    dispatch(sp.cluster_ip),
+                    Some(Verdict::Goto(target)),
+                    None,
+                )
+            }
             other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
                 dispatch(sp.cluster_ip),
@@ -410,17 +709,33 @@ impl<'a> TableBuilder<'a> {
 
         // External traffic: externalIPs, LoadBalancer IPs, the NodePort.
         if let Some(external) = &sp.external {
-            let external_chain = port_names.external_chain();
             let forwards = matches!(external.disposition, Disposition::Forward(_));
+            // Without own chains, the pools of the external keys are map elements: the
+            // policy's pool, and for Local policy the Cluster pool of the short-circuits.
+            let shared_pools = |pick: Pick, cluster: Pick| {
+                let mut pools = Vec::new();
+                if !own_chains && sp.has_endpoints {
+                    if let Disposition::Forward(pool) = external.disposition {
+                        pools.push((pick, sp.endpoints(pool)));
+                    }
+                    if external.policy_local {
+                        pools.push((cluster, sp.endpoints(Pool::Cluster)));
+                    }
+                }
+                pools
+            };
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
                 if sp.has_endpoints {
                     self.parts.element(
                         SERVICE_IPS,
                         dispatch(*ip),
-                        Some(Verdict::Goto(external_chain.clone())),
+                        Some(Verdict::Goto(external_target.clone())),
                         None,
                     );
+                }
+                for (pick, endpoints) in shared_pools(Pick::Address, Pick::AddressCluster) {
+                    self.endpoint_elements(pick, dispatch(*ip), endpoints);
                 }
                 if !forwards {
                     self.parts.element(
@@ -457,9 +772,12 @@ impl<'a> TableBuilder<'a> {
                     self.parts.element(
                         SERVICE_NODEPORTS,
                         key.clone(),
-                        Some(Verdict::Goto(external_chain.clone())),
+                        Some(Verdict::Goto(nodeport_target.clone())),
                         None,
                     );
+                }
+                for (pick, endpoints) in shared_pools(Pick::NodePort, Pick::NodePortCluster) {
+                    self.endpoint_elements(pick, key.clone(), endpoints);
                 }
                 if !forwards {
                     self.parts.element(
@@ -470,70 +788,47 @@ impl<'a> TableBuilder<'a> {
                     );
                 }
             }
-            if sp.has_endpoints {
-                let mut rules = Vec::new();
-                if external.policy_local {
-                    let service_chain = port_names.service_chain();
-                    if !self.fp.cluster_cidrs.is_empty() {
-                        rules.push(commented(
-                            vec![
-                                addr_match(AddrField::Saddr, CmpOp::Eq, &self.fp.cluster_cidrs),
-                                goto(&service_chain),
-                            ],
-                            "short-circuit pod traffic",
-                        ));
-                    }
-                    rules.push(commented(
-                        vec![
-                            Stmt::FibAddrTypeLocal(AddrField::Saddr),
-                            jump(MARK_FOR_MASQUERADE),
-                        ],
-                        "masquerade local traffic",
-                    ));
-                    rules.push(commented(
-                        vec![
-                            Stmt::FibAddrTypeLocal(AddrField::Saddr),
-                            goto(&service_chain),
-                        ],
-                        "short-circuit local traffic",
-                    ));
+            if own_chains && sp.has_endpoints {
+                let mut rules = if external.policy_local {
+                    self.local_policy_rules(&port_names.service_chain())
                 } else {
                     // The endpoint may be on another node: masquerade so replies
                     // come back through this one.
-                    rules.push(rule(vec![jump(MARK_FOR_MASQUERADE)]));
-                }
+                    vec![rule(vec![jump(MARK_FOR_MASQUERADE)])]
+                };
                 if let Disposition::Forward(pool) = external.disposition {
                     rules.push(rule(vec![goto(&pool_chain(pool))]));
                 }
-                self.parts.chain(&external_chain, rules);
+                self.parts.chain(&external_target, rules);
             }
         }
 
-        // The pool chains pick an endpoint and DNAT to it.
+        for endpoint in sp.reachable_endpoints() {
+            self.hairpin.insert(endpoint.ip);
+        }
+        let Some(timeout) = sp.affinity_timeout else {
+            return;
+        };
+        // ClientIP affinity: the pool chains pick an endpoint, record it for the
+        // client and DNAT to it.
         for pool in [Pool::Cluster, Pool::Local] {
             if !sp.uses_pool(pool) {
                 continue;
             }
             let endpoints = sp.endpoints(pool);
             // The masquerade rule, the known-client rule, one rule per endpoint.
-            let affinity_rules = usize::from(sp.affinity_timeout.is_some());
-            let mut rules = Vec::with_capacity(1 + affinity_rules + endpoints.len());
+            let mut rules = Vec::with_capacity(2 + endpoints.len());
             if sp.internal == Disposition::Forward(pool) {
                 if let Some(masq) = self.masquerade_rule(sp) {
                     rules.push(masq);
                 }
             }
-            let affinity = sp
-                .affinity_timeout
-                .map(|timeout| self.affinity_maps(id, pool, timeout));
-            if let (Some(maps), Some(first)) = (&affinity, endpoints.first()) {
-                rules.push(known_client(id.protocol, maps, first));
+            let maps = self.affinity_maps(id, pool, timeout);
+            if let Some(first) = endpoints.first() {
+                rules.push(known_client(id.protocol, &maps, first));
             }
-            rules.extend(random_choice(sp, endpoints, affinity.as_ref()));
+            rules.extend(random_choice(sp, endpoints, Some(&maps)));
             self.parts.chain(&pool_chain(pool), rules);
-        }
-        for endpoint in sp.reachable_endpoints() {
-            self.hairpin.insert(endpoint.ip);
         }
     }
 
@@ -574,6 +869,7 @@ impl<'a> TableBuilder<'a> {
             },
             timeout_secs: Some(timeout),
             comment: None,
+            exprs: None,
             elements: Vec::new(),
         });
     }

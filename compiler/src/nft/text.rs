@@ -32,7 +32,7 @@ pub fn render_table(out: &mut String, table: &Table) {
     }
     for set in &table.sets {
         out.push('\n');
-        render_set(out, set);
+        render_set(out, table.family, set);
     }
     for chain in &table.chains {
         out.push('\n');
@@ -41,13 +41,34 @@ pub fn render_table(out: &mut String, table: &Table) {
     out.push_str("}\n");
 }
 
-fn render_set(out: &mut String, set: &Set) {
+fn render_set(out: &mut String, family: Family, set: &Set) {
     let kind = if set.data.is_some() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kind} {} {{", set.name);
-    let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
-    let _ = write!(out, "\t\ttype {}", key.join(" . "));
-    if let Some(data) = &set.data {
-        let _ = write!(out, " : {}", map_data_text(data));
+    match &set.exprs {
+        // nft cannot name a numgen bucket's type: such sets are typed after expressions.
+        Some(exprs) => {
+            let key: Vec<String> = exprs
+                .key
+                .iter()
+                .map(|k| key_expr_text(family, *k))
+                .collect();
+            let _ = write!(out, "\t\ttypeof {}", key.join(" . "));
+            if !exprs.data.is_empty() {
+                let data: Vec<String> = exprs
+                    .data
+                    .iter()
+                    .map(|k| key_expr_text(family, *k))
+                    .collect();
+                let _ = write!(out, " : {}", data.join(" . "));
+            }
+        }
+        None => {
+            let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
+            let _ = write!(out, "\t\ttype {}", key.join(" . "));
+            if let Some(data) = &set.data {
+                let _ = write!(out, " : {}", map_data_text(data));
+            }
+        }
     }
     out.push('\n');
     let mut flags = Vec::new();
@@ -179,6 +200,10 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
             }
             text
         }
+        Stmt::DnatMap { key, map } => {
+            let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
+            format!("dnat {fam} to {} map @{map}", key.join(" . "))
+        }
         Stmt::Vmap { key, map } => {
             let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
             format!("{} vmap @{map}", key.join(" . "))
@@ -193,6 +218,7 @@ fn key_expr_text(family: Family, key: KeyExpr) -> String {
         KeyExpr::Addr(field) => format!("{} {}", family.keyword(), field.keyword()),
         KeyExpr::L4Proto => "meta l4proto".into(),
         KeyExpr::ThDport => "th dport".into(),
+        KeyExpr::Numgen { modulus } => format!("numgen random mod {modulus}"),
     }
 }
 
@@ -226,6 +252,10 @@ pub fn element_text(element: &Element) -> String {
     if let Some(verdict) = &element.verdict {
         let _ = write!(text, " : {}", verdict_text(verdict));
     }
+    if !element.data.is_empty() {
+        let data: Vec<String> = element.data.iter().map(key_value_text).collect();
+        let _ = write!(text, " : {}", data.join(" . "));
+    }
     text
 }
 
@@ -234,6 +264,7 @@ pub fn key_value_text(value: &KeyValue) -> String {
         KeyValue::Net(net) => net_text(net),
         KeyValue::Proto(proto) => proto.keyword().into(),
         KeyValue::Port(port) => port.to_string(),
+        KeyValue::Int(n) => n.to_string(),
     }
 }
 

@@ -254,9 +254,10 @@ fn diff_elements(have: &Set, want: &Set, phases: &mut Phases) {
 }
 
 /// The elements of `have` that are not in `want` as they are, and those of `want` not
-/// in `have`. A changed verdict or comment shows in both: the kernel keeps an existing
-/// element as it is on add (or refuses a different verdict with EBUSY), so the old
-/// one is deleted first.
+/// in `have`. A changed verdict, datum or comment shows in both: the kernel keeps an
+/// existing element as it is on add, and refuses one with a different verdict or
+/// datum (EEXIST on Linux 6.18, EBUSY on older kernels), so the old one is deleted
+/// first.
 fn element_changes(have: &[Element], want: &[Element]) -> (Vec<Element>, Vec<Element>) {
     // The IR keeps elements sorted (the compiler and the read-back both sort them):
     // then one merge pass does it, without hashing tens of thousands of keys.
@@ -275,7 +276,7 @@ fn element_changes(have: &[Element], want: &[Element]) -> (Vec<Element>, Vec<Ele
                 h.next();
                 w.next();
             }
-            // Same key, different verdict or comment.
+            // Same key, different verdict, datum or comment.
             (Some(a), Some(b)) if a.key == b.key => {
                 deleted.extend(h.next().cloned());
                 added.extend(w.next().cloned());
@@ -304,6 +305,7 @@ fn same_set_definition(a: &Set, b: &Set) -> bool {
         && a.flags == b.flags
         && a.timeout_secs == b.timeout_secs
         && a.comment == b.comment
+        && a.exprs == b.exprs
 }
 
 /// The set without its elements.
@@ -315,6 +317,7 @@ fn definition(set: &Set) -> Set {
         flags: set.flags,
         timeout_secs: set.timeout_secs,
         comment: set.comment.clone(),
+        exprs: set.exprs.clone(),
         elements: Vec::new(),
     }
 }
@@ -334,7 +337,9 @@ fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
     rule.stmts.iter().flat_map(|stmt| {
         let (first, second) = match stmt {
             Stmt::AddrInSet { set, .. } | Stmt::KeyInSet { set, .. } => (Some(set), None),
-            Stmt::Vmap { map, .. } | Stmt::UpdateMap { map, .. } => (Some(map), None),
+            Stmt::Vmap { map, .. } | Stmt::UpdateMap { map, .. } | Stmt::DnatMap { map, .. } => {
+                (Some(map), None)
+            }
             Stmt::DnatFromMap { map, port_map, .. } => (Some(map), port_map.as_ref()),
             _ => (None, None),
         };
@@ -373,6 +378,7 @@ mod tests {
                 flags: SetFlags::default(),
                 timeout_secs: None,
                 comment: None,
+                exprs: None,
                 elements: Vec::new(),
             }],
             chains: (0..5000)

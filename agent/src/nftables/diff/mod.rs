@@ -19,8 +19,10 @@
 //!   random-choice cascade anyway, since every probability in it changes;
 //! - a set whose definition (key, data, flags, timeout, comment) differs is deleted
 //!   and created again, and the chains whose rules use it are rewritten around that;
-//! - elements are diffed one by one, by key: a key whose verdict or comment changed
-//!   is deleted and added again (the kernel keeps an existing element's data on add);
+//! - elements are diffed one by one, by key: a key whose verdict, datum (the endpoint
+//!   maps' `address . port`) or comment changed is deleted and added again (the
+//!   kernel keeps an existing element on add, and refuses a different verdict or
+//!   datum: EEXIST on Linux 6.18, `agent/tests/nftables_diff.rs` checks it);
 //! - single-type interval sets (`nodeport-ips`) are flushed and refilled when their
 //!   contents differ: their elements are boundary pairs that neighbouring intervals
 //!   share, and a whole refill of a few prefixes is simpler than boundary surgery;
@@ -51,6 +53,7 @@ use std::fmt;
 
 use svcproxy_compiler::nft::ir::{Chain, Element, Family, Rule, Ruleset, Set, Table};
 
+pub use apply::apply_all;
 pub use compute::{diff, diff_with};
 
 /// How a diff gets rid of chains that `desired` no longer has.

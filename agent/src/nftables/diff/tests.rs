@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, Element, Family, Hook, KeyExpr, KeyType, KeyValue,
-    L4Proto, MapData, Rule, Ruleset, Set, SetFlags, Stmt, Table, Verdict,
+    L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Verdict,
 };
 
 use super::*;
@@ -41,6 +41,7 @@ fn dispatch(ip: &str, port: u16, target: &str) -> Element {
     Element {
         key: vec![net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)],
         verdict: Some(Verdict::Goto(target.into())),
+        data: Vec::new(),
         comment: None,
     }
 }
@@ -52,6 +53,7 @@ fn map(name: &str, elements: Vec<Element>) -> Set {
         data: Some(MapData::Verdict),
         flags: SetFlags::default(),
         timeout_secs: None,
+        exprs: None,
         comment: None,
         elements,
     }
@@ -64,12 +66,14 @@ fn addr_set(name: &str, flags: SetFlags, nets: &[&str]) -> Set {
         data: None,
         flags,
         timeout_secs: flags.timeout.then_some(10800),
+        exprs: None,
         comment: None,
         elements: nets
             .iter()
             .map(|n| Element {
                 key: vec![net(n)],
                 verdict: None,
+                data: Vec::new(),
                 comment: None,
             })
             .collect(),
@@ -318,6 +322,146 @@ fn a_changed_verdict_is_deleted_and_added_again() {
         changes.to_nft(),
         "delete element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 }\n\
          add element ip svcproxy service-ips { 10.96.0.10 . tcp . 80 : goto endpoint-a/2 }\n"
+    );
+}
+
+/// `endpoints-N`: `typeof meta l4proto . th dport . numgen random mod N : ip daddr .
+/// th dport`, one element per (NodePort, bucket).
+fn endpoint_map(count: u32, endpoints: &[(u16, &str)]) -> Set {
+    let key_exprs = vec![
+        KeyExpr::L4Proto,
+        KeyExpr::ThDport,
+        KeyExpr::Numgen { modulus: count },
+    ];
+    let mut elements: Vec<Element> = endpoints
+        .iter()
+        .zip((0..count).cycle())
+        .map(|((port, ip), bucket)| Element {
+            key: vec![
+                KeyValue::Proto(L4Proto::Tcp),
+                KeyValue::Port(*port),
+                KeyValue::Int(bucket),
+            ],
+            verdict: None,
+            data: vec![net(ip), KeyValue::Port(8080)],
+            comment: None,
+        })
+        .collect();
+    elements.sort();
+    Set {
+        name: format!("endpoints-{count}"),
+        key: vec![KeyType::InetProto, KeyType::InetService, KeyType::Integer],
+        data: Some(MapData::Value(vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetService,
+        ])),
+        flags: SetFlags::default(),
+        timeout_secs: None,
+        exprs: Some(SetExprs {
+            key: key_exprs,
+            data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
+        }),
+        comment: None,
+        elements,
+    }
+}
+
+fn pick(counts: &[u32]) -> Chain {
+    let rules = counts
+        .iter()
+        .map(|n| {
+            rule(vec![Stmt::DnatMap {
+                key: vec![
+                    KeyExpr::L4Proto,
+                    KeyExpr::ThDport,
+                    KeyExpr::Numgen { modulus: *n },
+                ],
+                map: format!("endpoints-{n}"),
+            }])
+        })
+        .collect();
+    chain("pick", rules)
+}
+
+fn with_maps(maps: Vec<Set>, counts: &[u32]) -> Ruleset {
+    let mut t = table();
+    t.sets.extend(maps);
+    t.chains.push(pick(counts));
+    ruleset(t)
+}
+
+#[test]
+fn a_changed_datum_is_deleted_and_added_again() {
+    let a = with_maps(
+        vec![endpoint_map(2, &[(30080, "10.0.0.1"), (30080, "10.0.0.2")])],
+        &[2],
+    );
+    let b = with_maps(
+        vec![endpoint_map(2, &[(30080, "10.0.0.1"), (30080, "10.0.0.3")])],
+        &[2],
+    );
+    let changes = diff(&a, &b);
+    assert_eq!(
+        ops(&changes),
+        [
+            "delete 1 elements from endpoints-2",
+            "add 1 elements to endpoints-2"
+        ]
+    );
+    assert_eq!(
+        changes.to_nft(),
+        "delete element ip svcproxy endpoints-2 { tcp . 30080 . 1 }\n\
+         add element ip svcproxy endpoints-2 { tcp . 30080 . 1 : 10.0.0.3 . 8080 }\n"
+    );
+}
+
+/// A service moving from 2 to 3 endpoints, the last with 2: the new map and its rule
+/// come before the elements and rule that use it, the old map goes after the flush
+/// that drops its rule.
+#[test]
+fn endpoint_maps_come_and_go_with_their_rules() {
+    let a = with_maps(
+        vec![endpoint_map(2, &[(30080, "10.0.0.1"), (30080, "10.0.0.2")])],
+        &[2],
+    );
+    let b = with_maps(
+        vec![endpoint_map(
+            3,
+            &[
+                (30080, "10.0.0.1"),
+                (30080, "10.0.0.2"),
+                (30080, "10.0.0.3"),
+            ],
+        )],
+        &[3],
+    );
+    let changes = diff(&a, &b);
+    assert_eq!(
+        ops(&changes),
+        [
+            "flush chain pick",
+            "delete set endpoints-2",
+            "add set endpoints-3",
+            "add 1 rules to pick",
+        ]
+    );
+    assert!(changes.to_nft().contains(
+        "add map ip svcproxy endpoints-3 { typeof meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport; }\n"
+    ));
+    // A typeof that changes (same types) recreates the map around its rule.
+    let mut c = with_maps(vec![endpoint_map(2, &[(30080, "10.0.0.1")])], &[2]);
+    let d = c.clone();
+    if let Some(exprs) = &mut c.tables[0].sets[3].exprs {
+        exprs.data = vec![KeyExpr::Addr(AddrField::Saddr), KeyExpr::ThDport];
+    }
+    assert_eq!(
+        ops(&diff(&c, &d)),
+        [
+            "flush chain pick",
+            "delete set endpoints-2",
+            "add set endpoints-2",
+            "add 1 rules to pick",
+        ]
     );
 }
 

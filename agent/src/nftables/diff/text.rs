@@ -1,9 +1,14 @@
 //! Changes as nft commands: what `svcproxy plan` prints, and valid `nft -f` input
-//! against the state the changes were computed from (one file is one transaction).
+//! against the state the changes were computed from (one file is one transaction),
+//! with one exception nft 1.0.6 imposes: it refuses a new `dnat ... map @endpoints-N`
+//! rule when that map is already in the kernel ("conflicting protocols specified: ip
+//! vs. th": the map's `typeof` data, rebuilt from the kernel's userdata, fails nft's
+//! own evaluation), so a change that rewrites a `pick-…` chain while keeping one of
+//! its maps only loads through netlink.
 
 use std::fmt::Write;
 
-use svcproxy_compiler::nft::ir::{Chain, Element, Set};
+use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyExpr, Set};
 use svcproxy_compiler::nft::text::{
     element_text, key_value_text, map_data_text, render_table, rule_text,
 };
@@ -60,7 +65,7 @@ fn render(out: &mut String, change: &Change) {
                 "add {} {target} {} {}",
                 set_kind(set),
                 set.name,
-                set_spec(set)
+                set_spec(change.family, set)
             );
             add_elements(out, &target, set, &set.elements);
         }
@@ -110,13 +115,26 @@ fn set_kind(set: &Set) -> &'static str {
 }
 
 /// `{ type ipv4_addr; flags dynamic,timeout; timeout 10800s; comment "…"; }`: the same
-/// declarations `nft list` prints inside a set block.
-fn set_spec(set: &Set) -> String {
-    let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
-    let mut spec = format!("{{ type {}", key.join(" . "));
-    if let Some(data) = &set.data {
-        let _ = write!(spec, " : {}", map_data_text(data));
-    }
+/// declarations `nft list` prints inside a set block (`typeof …` for the sets the IR
+/// types after expressions).
+fn set_spec(family: Family, set: &Set) -> String {
+    let mut spec = match &set.exprs {
+        Some(exprs) => {
+            let mut spec = format!("{{ typeof {}", typeof_text(family, &exprs.key));
+            if !exprs.data.is_empty() {
+                let _ = write!(spec, " : {}", typeof_text(family, &exprs.data));
+            }
+            spec
+        }
+        None => {
+            let key: Vec<&str> = set.key.iter().map(|k| k.keyword()).collect();
+            let mut spec = format!("{{ type {}", key.join(" . "));
+            if let Some(data) = &set.data {
+                let _ = write!(spec, " : {}", map_data_text(data));
+            }
+            spec
+        }
+    };
     spec.push(';');
     let flags: Vec<&str> = [
         (set.flags.dynamic, "dynamic"),
@@ -137,6 +155,21 @@ fn set_spec(set: &Set) -> String {
     }
     spec.push_str(" }");
     spec
+}
+
+/// `ip daddr . meta l4proto . th dport . numgen random mod 2`, as the compiler writes
+/// these expressions in rules.
+fn typeof_text(family: Family, exprs: &[KeyExpr]) -> String {
+    let texts: Vec<String> = exprs
+        .iter()
+        .map(|e| match e {
+            KeyExpr::Addr(field) => format!("{} {}", family.keyword(), field.keyword()),
+            KeyExpr::L4Proto => "meta l4proto".into(),
+            KeyExpr::ThDport => "th dport".into(),
+            KeyExpr::Numgen { modulus } => format!("numgen random mod {modulus}"),
+        })
+        .collect();
+    texts.join(" . ")
 }
 
 /// Nothing for a plain chain, ` { type nat hook prerouting priority -100; policy

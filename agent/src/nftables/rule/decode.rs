@@ -408,8 +408,9 @@ impl Decoder<'_> {
     }
 
     /// One or more key loads into nft's concatenation registers, then a verdict-map
-    /// lookup; or two or more, then a set lookup (a single address followed by a set
-    /// lookup is `Stmt::AddrInSet`, decoded elsewhere).
+    /// lookup, or a data-map lookup into reg 1 and a `nat dnat` from it; or two or
+    /// more, then a set lookup (a single address followed by a set lookup is
+    /// `Stmt::AddrInSet`, decoded elsewhere).
     fn vmap(&self, exprs: &[Expr]) -> Step {
         let mut key = Vec::new();
         let mut types = Vec::new();
@@ -427,6 +428,30 @@ impl Decoder<'_> {
                         key,
                         map: set.clone(),
                     },
+                    Some(R1) if !key.is_empty() => {
+                        // The flags are the kernel's (it reports the ones it derived).
+                        let Some(Expr::Dnat {
+                            family,
+                            addr_reg: R1,
+                            proto_reg,
+                            ..
+                        }) = exprs.get(i + 1)
+                        else {
+                            return None;
+                        };
+                        if *family != nfproto(self.family)
+                            || *proto_reg != map_port_register(self.family)
+                        {
+                            return None;
+                        }
+                        return Some(Ok((
+                            Stmt::DnatMap {
+                                key,
+                                map: set.clone(),
+                            },
+                            i + 2,
+                        )));
+                    }
                     None if key.len() >= 2 => Stmt::KeyInSet {
                         key,
                         set: set.clone(),
@@ -465,6 +490,9 @@ impl Decoder<'_> {
                 key: MetaKey::L4Proto,
                 dreg,
             } => Some((KeyExpr::L4Proto, *dreg)),
+            Expr::NumgenRandom { dreg, modulus } => {
+                Some((KeyExpr::Numgen { modulus: *modulus }, *dreg))
+            }
             _ => None,
         }
     }

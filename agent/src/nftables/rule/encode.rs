@@ -96,10 +96,7 @@ pub(crate) fn encode_stmts(
                         key.len()
                     )));
                 }
-                let types: Vec<KeyType> = key.iter().map(|k| key_expr_type(family, *k)).collect();
-                for (k, dreg) in key.iter().zip(layout::concat_registers(&types)) {
-                    out.push(load_key_expr(family, *k, dreg));
-                }
+                encode_key(family, key, &mut out);
                 out.push(Expr::Lookup {
                     sreg: R1,
                     set: set.clone(),
@@ -238,14 +235,37 @@ pub(crate) fn encode_stmts(
                     flags: 0,
                 });
             }
+            Stmt::DnatMap { key, map } => {
+                if key.is_empty() {
+                    return Err(Error::encode(format!("dnat map @{map} with an empty key")));
+                }
+                // The key in nft's concatenation registers (the numgen bucket in the
+                // slot after the packet fields), the lookup writes the `address .
+                // port` datum over it from reg 1 on, and nat reads the address from
+                // reg 1 and the port from the slot after the address. nft sends no
+                // nat flags here; the kernel derives (and dumps) 0x3.
+                encode_key(family, key, &mut out);
+                out.extend([
+                    Expr::Lookup {
+                        sreg: R1,
+                        set: map.clone(),
+                        set_id: None,
+                        dreg: Some(R1),
+                        invert: false,
+                    },
+                    Expr::Dnat {
+                        family: nfproto(family),
+                        addr_reg: R1,
+                        proto_reg: map_port_register(family),
+                        flags: 0,
+                    },
+                ]);
+            }
             Stmt::Vmap { key, map } => {
                 if key.is_empty() {
                     return Err(Error::encode(format!("vmap @{map} with an empty key")));
                 }
-                let types: Vec<KeyType> = key.iter().map(|k| key_expr_type(family, *k)).collect();
-                for (k, dreg) in key.iter().zip(layout::concat_registers(&types)) {
-                    out.push(load_key_expr(family, *k, dreg));
-                }
+                encode_key(family, key, &mut out);
                 out.push(Expr::Lookup {
                     sreg: R1,
                     set: map.clone(),
@@ -413,6 +433,14 @@ fn load_addr(family: Family, field: AddrField) -> Expr {
     }
 }
 
+/// The components of a concatenated key, each loaded into its slot as nft lays them out.
+fn encode_key(family: Family, key: &[KeyExpr], out: &mut Vec<Expr>) {
+    let types: Vec<KeyType> = key.iter().map(|k| key_expr_type(family, *k)).collect();
+    for (k, dreg) in key.iter().zip(layout::concat_registers(&types)) {
+        out.push(load_key_expr(family, *k, dreg));
+    }
+}
+
 fn load_key_expr(family: Family, key: KeyExpr, dreg: u32) -> Expr {
     match key {
         KeyExpr::Addr(field) => Expr::Payload {
@@ -426,5 +454,6 @@ fn load_key_expr(family: Family, key: KeyExpr, dreg: u32) -> Expr {
             dreg,
         },
         KeyExpr::ThDport => load_dport(dreg),
+        KeyExpr::Numgen { modulus } => Expr::NumgenRandom { dreg, modulus },
     }
 }

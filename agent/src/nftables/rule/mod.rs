@@ -21,11 +21,12 @@ pub(crate) use encode::{AnonAddrSet, encode_stmts};
 /// The register every single-value match loads into (`reg 1`).
 const R1: u32 = reg::REG_1;
 
-fn key_expr_type(family: Family, key: KeyExpr) -> KeyType {
+pub(crate) fn key_expr_type(family: Family, key: KeyExpr) -> KeyType {
     match key {
         KeyExpr::Addr(_) => layout::addr_type(family),
         KeyExpr::L4Proto => KeyType::InetProto,
         KeyExpr::ThDport => KeyType::InetService,
+        KeyExpr::Numgen { .. } => KeyType::Integer,
     }
 }
 

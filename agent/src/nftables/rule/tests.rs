@@ -358,3 +358,122 @@ fn affinity_maps_use_nfts_registers() {
         }],
     );
 }
+
+/// The endpoint maps' rules, exactly as `nft --debug=netlink` shows nft 1.0.6 encoding
+/// `dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @e` and
+/// the NodePort and IPv6 forms (nft sends no nat flags for them).
+#[test]
+fn endpoint_map_dnat_is_nfts_bytecode() {
+    use crate::nftables::expr::{MetaKey, PayloadBase};
+    let key = |packet: &[KeyExpr], modulus| {
+        let mut key = packet.to_vec();
+        key.push(KeyExpr::Numgen { modulus });
+        key
+    };
+    let svc = [
+        KeyExpr::Addr(AddrField::Daddr),
+        KeyExpr::L4Proto,
+        KeyExpr::ThDport,
+    ];
+    let nodeport = [KeyExpr::L4Proto, KeyExpr::ThDport];
+    let payload = |base, offset, len, dreg| Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg,
+    };
+    let l4proto = |dreg| Expr::MetaLoad {
+        key: MetaKey::L4Proto,
+        dreg,
+    };
+    let dport = |dreg| payload(PayloadBase::Transport, 2, 2, dreg);
+    let numgen = |dreg| Expr::NumgenRandom { dreg, modulus: 2 };
+    let lookup = Expr::Lookup {
+        sreg: 1,
+        set: "e".into(),
+        set_id: None,
+        dreg: Some(1),
+        invert: false,
+    };
+    let dnat = |family, proto_reg| Expr::Dnat {
+        family,
+        addr_reg: 1,
+        proto_reg,
+        flags: 0,
+    };
+    let cases = [
+        (
+            Family::Ip,
+            key(&svc, 2),
+            vec![
+                payload(PayloadBase::Network, 16, 4, 1),
+                l4proto(9),
+                dport(10),
+                numgen(11),
+                lookup.clone(),
+                dnat(2, 9),
+            ],
+        ),
+        (
+            Family::Ip,
+            key(&nodeport, 2),
+            vec![l4proto(1), dport(9), numgen(10), lookup.clone(), dnat(2, 9)],
+        ),
+        (
+            Family::Ip6,
+            key(&svc, 2),
+            vec![
+                payload(PayloadBase::Network, 24, 16, 1),
+                l4proto(2),
+                dport(13),
+                numgen(14),
+                lookup.clone(),
+                dnat(10, 2),
+            ],
+        ),
+        (
+            Family::Ip6,
+            key(&nodeport, 2),
+            vec![
+                l4proto(1),
+                dport(9),
+                numgen(10),
+                lookup.clone(),
+                dnat(10, 2),
+            ],
+        ),
+    ];
+    for (family, key, expected) in cases {
+        let stmt = Stmt::DnatMap {
+            key,
+            map: "e".into(),
+        };
+        assert_eq!(encode(family, std::slice::from_ref(&stmt)), expected);
+        round_trip(family, vec![stmt]);
+    }
+    // The kernel dumps the nat flags it derived (0x3): still the same statement.
+    let mut dumped = encode(
+        Family::Ip,
+        &[Stmt::DnatMap {
+            key: key(&svc, 3),
+            map: "e".into(),
+        }],
+    );
+    if let Some(Expr::Dnat { flags, .. }) = dumped.last_mut() {
+        *flags = 3;
+    }
+    assert!(matches!(
+        decode_exprs(Family::Ip, &dumped, &|_| None)
+            .unwrap()
+            .as_slice(),
+        [Stmt::DnatMap { .. }]
+    ));
+    // A lookup into reg 1 that no nat reads is not a statement svcproxy writes.
+    dumped.pop();
+    assert!(decode_exprs(Family::Ip, &dumped, &|_| None).is_err());
+    let empty = Stmt::DnatMap {
+        key: vec![],
+        map: "e".into(),
+    };
+    assert!(encode_stmts(Family::Ip, &[empty], &mut |_| 0).is_err());
+}
