@@ -17,7 +17,7 @@
 mod apply;
 mod attr;
 mod batch;
-mod diff;
+pub(crate) mod diff;
 mod element;
 mod error;
 mod expr;

@@ -13,9 +13,10 @@
 
 use std::collections::BTreeSet;
 
-use svcproxy_compiler::nft::ir::{Family, Ruleset, Set, Stmt, Table};
+use svcproxy_compiler::nft::ir::{Family, Ruleset, Stmt, Table};
 use svcproxy_compiler::nft::is_per_service_chain;
 
+use crate::nftables::diff::{definition, same_set_definition};
 use crate::nftables::{Change, Changes, Op};
 
 /// The fragment diff needs something only a whole sync can do: a new set that no rule
@@ -61,7 +62,7 @@ pub fn fit_to_committed(
         let op = match (&change.op, table) {
             (Op::AddSet(set), Some(table)) => {
                 match table.sets.iter().find(|s| s.name == set.name) {
-                    Some(held) if same_definition(held, set) => {
+                    Some(held) if same_set_definition(held, set) => {
                         if set.elements.is_empty() {
                             continue;
                         }
@@ -174,24 +175,6 @@ fn find_table<'a>(ruleset: &'a Ruleset, family: Family, name: &str) -> Option<&'
         .find(|t| t.family == family && t.name == name)
 }
 
-/// The set without its elements, as operations other than `AddSet` carry it.
-fn definition(set: &Set) -> Set {
-    Set {
-        elements: Vec::new(),
-        ..set.clone()
-    }
-}
-
-fn same_definition(a: &Set, b: &Set) -> bool {
-    a.name == b.name
-        && a.key == b.key
-        && a.data == b.data
-        && a.flags == b.flags
-        && a.timeout_secs == b.timeout_secs
-        && a.comment == b.comment
-        && a.exprs == b.exprs
-}
-
 fn shared_chain_refers_to(table: &Table, set: &str) -> bool {
     table
         .chains
@@ -218,7 +201,7 @@ fn sets_named(stmt: &Stmt) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svcproxy_compiler::nft::ir::{Element, KeyValue};
+    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set};
 
     /// A table with one shared chain using `endpoints-2`, as the layout makes it.
     fn committed() -> Ruleset {
