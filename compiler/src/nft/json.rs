@@ -158,6 +158,14 @@ fn meta(key: &str) -> Value {
     json!({"meta": {"key": key}})
 }
 
+/// One key expression, or the concatenation of several.
+fn key_json(family: Family, key: &[KeyExpr]) -> Value {
+    match key {
+        [one] => key_expr_json(family, *one),
+        _ => json!({"concat": key.iter().map(|k| key_expr_json(family, *k)).collect::<Vec<_>>()}),
+    }
+}
+
 fn key_expr_json(family: Family, key: KeyExpr) -> Value {
     match key {
         KeyExpr::Addr(field) => payload(family.keyword(), field.keyword()),
@@ -192,8 +200,7 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
             )
         }
         Stmt::KeyInSet { key, set } => {
-            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
-            matches("==", json!({ "concat": key }), json!(format!("@{set}")))
+            matches("==", key_json(family, key), json!(format!("@{set}")))
         }
         Stmt::L4Proto(proto) => matches("==", meta("l4proto"), json!(proto.keyword())),
         Stmt::Dport { proto, port } => {
@@ -244,22 +251,11 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
             return vec![matches("==", meta("l4proto"), json!(proto.keyword())), dnat];
         }
         Stmt::DnatMap { key, map } => {
-            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
-            let key = if key.len() == 1 {
-                key.into_iter().next().unwrap_or(Value::Null)
-            } else {
-                json!({ "concat": key })
-            };
+            let key = key_json(family, key);
             json!({"dnat": {"family": fam, "addr": {"map": {"key": key, "data": format!("@{map}")}}}})
         }
         Stmt::Vmap { key, map } => {
-            let key: Vec<Value> = key.iter().map(|k| key_expr_json(family, *k)).collect();
-            let key = if key.len() == 1 {
-                key.into_iter().next().unwrap_or(Value::Null)
-            } else {
-                json!({ "concat": key })
-            };
-            json!({"vmap": {"key": key, "data": format!("@{map}")}})
+            json!({"vmap": {"key": key_json(family, key), "data": format!("@{map}")}})
         }
         Stmt::Reject => {
             let icmp = match family {

@@ -47,19 +47,9 @@ fn render_set(out: &mut String, family: Family, set: &Set) {
     match &set.exprs {
         // nft cannot name a numgen bucket's type: such sets are typed after expressions.
         Some(exprs) => {
-            let key: Vec<String> = exprs
-                .key
-                .iter()
-                .map(|k| key_expr_text(family, *k))
-                .collect();
-            let _ = write!(out, "\t\ttypeof {}", key.join(" . "));
+            let _ = write!(out, "\t\ttypeof {}", key_text(family, &exprs.key));
             if !exprs.data.is_empty() {
-                let data: Vec<String> = exprs
-                    .data
-                    .iter()
-                    .map(|k| key_expr_text(family, *k))
-                    .collect();
-                let _ = write!(out, " : {}", data.join(" . "));
+                let _ = write!(out, " : {}", key_text(family, &exprs.data));
             }
         }
         None => {
@@ -154,10 +144,7 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
                 list.join(", ")
             )
         }
-        Stmt::KeyInSet { key, set } => {
-            let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
-            format!("{} @{set}", key.join(" . "))
-        }
+        Stmt::KeyInSet { key, set } => format!("{} @{set}", key_text(family, key)),
         Stmt::L4Proto(proto) => format!("meta l4proto {}", proto.keyword()),
         Stmt::Dport { proto, port } => format!("{} dport {port}", proto.keyword()),
         Stmt::FibAddrTypeLocal(field) => format!("fib {} type local", field.keyword()),
@@ -201,16 +188,18 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
             text
         }
         Stmt::DnatMap { key, map } => {
-            let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
-            format!("dnat {fam} to {} map @{map}", key.join(" . "))
+            format!("dnat {fam} to {} map @{map}", key_text(family, key))
         }
-        Stmt::Vmap { key, map } => {
-            let key: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
-            format!("{} vmap @{map}", key.join(" . "))
-        }
+        Stmt::Vmap { key, map } => format!("{} vmap @{map}", key_text(family, key)),
         Stmt::Reject => "reject".into(),
         Stmt::Verdict(v) => verdict_text(v),
     }
+}
+
+/// `ip daddr . meta l4proto . th dport`
+fn key_text(family: Family, key: &[KeyExpr]) -> String {
+    let parts: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
+    parts.join(" . ")
 }
 
 fn key_expr_text(family: Family, key: KeyExpr) -> String {

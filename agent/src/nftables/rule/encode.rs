@@ -196,16 +196,7 @@ pub(crate) fn encode_stmts(
                 port_map,
             } => {
                 out.extend(match_l4proto(*proto));
-                out.extend([
-                    load_addr(family, *field),
-                    Expr::Lookup {
-                        sreg: R1,
-                        set: map.clone(),
-                        set_id: None,
-                        dreg: Some(R1),
-                        invert: false,
-                    },
-                ]);
+                out.extend([load_addr(family, *field), map_lookup(map)]);
                 let proto_reg = match port_map {
                     // `address . port`: the port follows the address in the registers.
                     None => map_port_register(family),
@@ -246,13 +237,7 @@ pub(crate) fn encode_stmts(
                 // nat flags here; the kernel derives (and dumps) 0x3.
                 encode_key(family, key, &mut out);
                 out.extend([
-                    Expr::Lookup {
-                        sreg: R1,
-                        set: map.clone(),
-                        set_id: None,
-                        dreg: Some(R1),
-                        invert: false,
-                    },
+                    map_lookup(map),
                     Expr::Dnat {
                         family: nfproto(family),
                         addr_reg: R1,
@@ -367,6 +352,18 @@ fn encode_addr_match(
             },
             cmp(op, network),
         ]);
+    }
+}
+
+/// `KEY map @map` with the key from register 1 on: the datum lands in register 1 on,
+/// a miss ends the rule.
+fn map_lookup(map: &str) -> Expr {
+    Expr::Lookup {
+        sreg: R1,
+        set: map.to_string(),
+        set_id: None,
+        dreg: Some(R1),
+        invert: false,
     }
 }
 
