@@ -28,18 +28,24 @@ const ENDPOINT_POD: u8 = 1;
 const CLIENT_POD: u8 = 9;
 
 pub fn run(config: &Config) -> Result<Vec<Row>> {
-    // One topology for both sizes, so that only the ruleset differs between them.
-    let mut cluster = Cluster::new()?;
-    cluster.add_pod("ep", ENDPOINT_POD)?;
-    cluster.add_pod("client", CLIENT_POD)?;
-    serve(&netns_path(cluster.pod("ep")?.ns.name()))?;
-    let mut syncer = cluster.node.enter(NftSyncer::new)??;
-    let small = measure(config, &cluster, &mut syncer, config.latency_small)?;
-    let large = measure(config, &cluster, &mut syncer, config.services)?;
+    // Two copies of one topology, each node with its own ruleset, measured in turns:
+    // measuring one size after the other let the machine's state between the two
+    // phases move the ratio by +-30 % (the direct connection, which the ruleset
+    // barely touches, moved as much).
+    let small = Lab::new(config, config.latency_small)?;
+    let large = Lab::new(config, config.services)?;
+    small.warm_up()?;
+    large.warm_up()?;
+    let (mut small_samples, mut large_samples) = (Samples::default(), Samples::default());
+    for _ in 0..10 {
+        small_samples.extend(small.sample(config.connects / 10)?);
+        large_samples.extend(large.sample(config.connects / 10)?);
+    }
+    let (small, large) = (small_samples.stats(), large_samples.stats());
     let ratio = large.through.p50.as_secs_f64() / small.through.p50.as_secs_f64();
     Ok(vec![Row {
         what: format!(
-            "first-packet latency (TCP connect via ClusterIP, p50 of {}): {} services vs {} (direct to the pod: {} / {})",
+            "first-packet latency (TCP connect via ClusterIP, p50 of {}, both sizes measured in turns): {} services vs {} (direct to the pod: {} / {})",
             large.through.n,
             config.services,
             config.latency_small,
@@ -68,44 +74,78 @@ struct Point {
     direct: Stats,
 }
 
-fn measure(
-    config: &Config,
-    cluster: &Cluster,
-    syncer: &mut NftSyncer,
-    services: usize,
-) -> Result<Point> {
-    let endpoint = cluster.pod("ep")?.v4();
-    let mut sources = vec![synth::generate(&Spec::new(services, config.endpoints)).source];
-    sources.push(probe_service(&endpoint.to_string()));
-    let plan = svcproxy_compiler::plan(&sources, &options())?;
-    let ruleset = svcproxy_compiler::nft::ruleset(&plan);
-    let loaded = syncer.sync(&ruleset)?;
-    eprintln!(
-        "latency: {services} services loaded in {}",
-        human(loaded.duration)
-    );
-    let client = netns_path(cluster.pod("client")?.ns.name());
-    let through = SocketAddr::new(PROBE_IP.parse()?, PROBE_PORT);
-    let direct = SocketAddr::new(endpoint.into(), SERVER_PORT);
-    let (through, direct) = in_netns(
-        &client,
-        move || -> Result<(Vec<Duration>, Vec<Duration>)> {
-            // Warm up: ARP, routes, the first conntrack entries.
-            connects(through, 20)?;
-            connects(direct, 20)?;
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            // Interleaved, so that background noise hits both alike.
-            for _ in 0..10 {
-                a.extend(connects(through, config.connects / 10)?);
-                b.extend(connects(direct, config.connects / 10)?);
-            }
-            Ok((a, b))
-        },
-    )??;
-    Ok(Point {
-        through: Stats::of(&through),
-        direct: Stats::of(&direct),
-    })
+#[derive(Default)]
+struct Samples {
+    through: Vec<Duration>,
+    direct: Vec<Duration>,
+}
+
+impl Samples {
+    fn extend(&mut self, (through, direct): (Vec<Duration>, Vec<Duration>)) {
+        self.through.extend(through);
+        self.direct.extend(direct);
+    }
+
+    fn stats(&self) -> Point {
+        Point {
+            through: Stats::of(&self.through),
+            direct: Stats::of(&self.direct),
+        }
+    }
+}
+
+/// One cluster (a node, an endpoint pod, a client pod) with `services` loaded.
+struct Lab {
+    // Kept for their lifetimes: the namespaces, and the ruleset's owner.
+    _cluster: Cluster,
+    _syncer: NftSyncer,
+    client: String,
+    through: SocketAddr,
+    direct: SocketAddr,
+}
+
+impl Lab {
+    fn new(config: &Config, services: usize) -> Result<Lab> {
+        let mut cluster = Cluster::new()?;
+        cluster.add_pod("ep", ENDPOINT_POD)?;
+        cluster.add_pod("client", CLIENT_POD)?;
+        serve(&netns_path(cluster.pod("ep")?.ns.name()))?;
+        let mut syncer = cluster.node.enter(NftSyncer::new)??;
+        let endpoint = cluster.pod("ep")?.v4();
+        let mut sources = vec![synth::generate(&Spec::new(services, config.endpoints)).source];
+        sources.push(probe_service(&endpoint.to_string()));
+        let plan = svcproxy_compiler::plan(&sources, &options())?;
+        let ruleset = svcproxy_compiler::nft::ruleset(&plan);
+        let loaded = syncer.sync(&ruleset)?;
+        eprintln!(
+            "latency: {services} services loaded in {}",
+            human(loaded.duration)
+        );
+        let client = netns_path(cluster.pod("client")?.ns.name());
+        Ok(Lab {
+            _cluster: cluster,
+            _syncer: syncer,
+            client,
+            through: SocketAddr::new(PROBE_IP.parse()?, PROBE_PORT),
+            direct: SocketAddr::new(endpoint.into(), SERVER_PORT),
+        })
+    }
+
+    /// ARP, routes, the first conntrack entries.
+    fn warm_up(&self) -> Result<()> {
+        self.sample(20).map(|_| ())
+    }
+
+    /// `n` connections through the Service, then `n` straight to the pod.
+    fn sample(&self, n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+        let (through, direct) = (self.through, self.direct);
+        in_netns(
+            &self.client,
+            move || -> Result<(Vec<Duration>, Vec<Duration>)> {
+                Ok((connects(through, n)?, connects(direct, n)?))
+            },
+        )?
+    }
 }
 
 fn connects(to: SocketAddr, n: usize) -> Result<Vec<Duration>> {
