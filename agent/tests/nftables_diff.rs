@@ -525,12 +525,13 @@ fn service_removed() {
     }
     let a = cluster();
     let b = cut(&a, "# admin:", "# sticky:");
-    // Element deletions, one message per map: cluster-ips, service-ips (ClusterIP and
-    // LoadBalancer IP), service-nodeports, firewall-ips, endpoints-1 (ClusterIP and
-    // LoadBalancer IP) and nodeport-endpoints-1 = 6 (its endpoint's hairpin pair
-    // stays: another service uses that pod; the 1-endpoint maps stay: other services
-    // use them). Its one chain of its own, the firewall: flush + delete = 2.
-    check_transition("service removed", &a, &b, 6 + 2);
+    // Element deletions, one message per set or map: cluster-ips, cluster-ip-ports,
+    // external-ports (the LoadBalancer IP), nodeports, firewall-ips, endpoints-1
+    // (ClusterIP and LoadBalancer IP) and nodeport-endpoints-1 = 7 (its endpoint's
+    // hairpin pair stays: another service uses that pod; the 1-endpoint maps stay:
+    // other services use them). Its one chain of its own, the firewall: flush +
+    // delete = 2.
+    check_transition("service removed", &a, &b, 7 + 2);
 }
 
 #[test]
@@ -541,24 +542,26 @@ fn service_scaled_to_zero_and_back() {
     let a = cluster();
     let b = edit(&a, LOCAL_WEB_ENDPOINTS, "  endpoints: []\n# remote-web");
     // local-web (externalTrafficPolicy Local; ClusterIP, externalIP, LoadBalancer IP,
-    // NodePort) loses its endpoints. Deleted elements: service-ips (3 addresses),
-    // service-nodeports, endpoints-2 (ClusterIP, Cluster pool), endpoints-1 and
-    // nodeport-endpoints-1 (Local pool: its one local endpoint), cluster-endpoints-2
-    // and nodeport-cluster-endpoints-2 (the short-circuits to its 2 cluster
-    // endpoints) = 7 messages. Those two maps stay, empty, as the headroom of the
-    // count 1 that remains; the headroom of 2, cluster-endpoints-3 and
-    // nodeport-cluster-endpoints-3, goes (2) after the pick chains are flushed (2)
-    // and refilled with the rules for 1 and 2 (4). (Its pods' hairpin pairs stay:
-    // other services use them.) Added: the same 3 addresses to no-endpoint-services
-    // and the NodePort to no-endpoint-nodeports, all going to reject-chain = 2.
-    let down = check_transition("scaled to zero", &a, &b, 7 + 2 + 2 + 4 + 2);
+    // NodePort) loses its endpoints. Deleted elements: cluster-ip-ports,
+    // external-local-ports (2 addresses), nodeports-local, endpoints-2 (ClusterIP,
+    // Cluster pool), endpoints-1 and nodeport-endpoints-1 (Local pool: its one local
+    // endpoint), cluster-endpoints-2 and nodeport-cluster-endpoints-2 (the
+    // short-circuits to its 2 cluster endpoints) = 8 messages. Those two maps stay,
+    // empty, as the headroom of the count 1 that remains; the headroom of 2,
+    // cluster-endpoints-3 and nodeport-cluster-endpoints-3, goes (2) after the pick
+    // chains are flushed (2) and refilled with the rules for 1 and 2 (4). (Its pods'
+    // hairpin pairs stay: other services use them.) Added: the same 3 addresses to
+    // no-endpoint-services and the NodePort to no-endpoint-nodeports, all going to
+    // reject-chain = 2.
+    let down = check_transition("scaled to zero", &a, &b, 8 + 2 + 2 + 4 + 2);
     assert!(down.to_nft().contains(": goto reject-chain"));
     // And back: the reject entries go (2), the two pick chains are flushed (2), the
     // headroom maps of count 2 come back empty (2), the dispatch and endpoint
-    // elements come back (service-ips, service-nodeports, endpoints-1, endpoints-2,
-    // cluster-endpoints-2, nodeport-endpoints-1, nodeport-cluster-endpoints-2: 7), and
-    // the pick chains get a rule per count again (2 x 3).
-    check_transition("scaled back up", &b, &a, 2 + 2 + 2 + 7 + 6);
+    // elements come back (cluster-ip-ports, external-local-ports, nodeports-local,
+    // endpoints-1, endpoints-2, cluster-endpoints-2, nodeport-endpoints-1,
+    // nodeport-cluster-endpoints-2: 8), and the pick chains get a rule per count again
+    // (2 x 3).
+    check_transition("scaled back up", &b, &a, 2 + 2 + 2 + 8 + 6);
 }
 
 #[test]
@@ -843,7 +846,7 @@ fn rejected_diff_changes_nothing() {
         "element",
         "ip",
         "svcproxy",
-        "service-ips",
+        "cluster-ip-ports",
         "{ 10.96.0.50 . tcp . 80 }",
     ]);
     let before = ns.nft(&["list", "ruleset"]);
@@ -855,12 +858,12 @@ fn rejected_diff_changes_nothing() {
         panic!("expected a rejected batch, got {err}");
     };
     println!("rejected as expected: {err}");
-    // The kernel goes on checking after the first refusal, so later messages that
-    // depended on it are reported too (the external chain is still mapped by the
-    // LoadBalancer IP's element, which was not deleted).
+    // The kernel goes on checking after the first refusal; later messages that
+    // depended on it would be reported too, as EBUSY (none here: admin has no chain
+    // of its own that a surviving element still names).
     assert_eq!(rejected.failures[0].errno, libc::ENOENT, "{err}");
     assert_eq!(
-        rejected.failures[0].what, "2 elements (delete from set ip svcproxy/service-ips)",
+        rejected.failures[0].what, "1 element (delete from set ip svcproxy/cluster-ip-ports)",
         "{err}"
     );
     assert!(
@@ -1023,14 +1026,14 @@ fn deferred_stale_chains_go_in_the_next_diff() {
     let first = diff_with(&a, &b, options);
     // admin's one chain of its own, its firewall chain, is a map target: flushed,
     // kept. (Its ClusterIP and external traffic go through the shared chains.) Element
-    // deletions: 6 messages (see `service_removed`).
+    // deletions: 7 messages (see `service_removed`).
     let deferred: Vec<&str> = first
         .deferred()
         .iter()
         .map(|d| d.chain.name.split('-').next().unwrap_or_default())
         .collect();
     assert_eq!(deferred, ["firewall"]);
-    assert_eq!(first.to_batch().expect("batch").len(), 6 + 1);
+    assert_eq!(first.to_batch().expect("batch").len(), 7 + 1);
     commit(&mut socket, &first);
     let after = first.state_after_commit(&b);
     let read = read_back(&mut socket);

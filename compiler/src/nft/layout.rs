@@ -62,6 +62,7 @@ const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const FIREWALL_IPS: &str = "firewall-ips";
 const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 const SERVICES: &str = "services";
+const NODEPORT_SERVICES: &str = "nodeport-services";
 const MASQUERADING: &str = "masquerading";
 const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 const REJECT_CHAIN: &str = "reject-chain";
@@ -70,10 +71,28 @@ const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 const FIREWALL_CHECK: &str = "firewall-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const CLUSTER_IP_TRAFFIC: &str = "cluster-ip-traffic";
+/// The plain sets that send a service port's traffic to a shared chain: sets rather
+/// than `goto` elements of the verdict maps, because the kernel's validation of the
+/// table (after any new rule) walks every element of every verdict map, and would
+/// walk one per service port (docs/design.md).
+const CLUSTER_IP_PORTS: &str = "cluster-ip-ports";
+const EXTERNAL_PORTS: &str = "external-ports";
+const EXTERNAL_LOCAL_PORTS: &str = "external-local-ports";
+const NODEPORTS: &str = "nodeports";
+const NODEPORTS_LOCAL: &str = "nodeports-local";
 const EXTERNAL_TRAFFIC: &str = "external-traffic";
 const EXTERNAL_LOCAL_TRAFFIC: &str = "external-local-traffic";
 const NODEPORT_TRAFFIC: &str = "nodeport-traffic";
 const NODEPORT_LOCAL_TRAFFIC: &str = "nodeport-local-traffic";
+
+/// Where a dispatch key (address . protocol . port, or protocol . NodePort) sends its
+/// traffic.
+enum Dispatch {
+    /// A `goto` element of this verdict map, to the port's own chain.
+    Own(&'static str, String),
+    /// An element of this set, whose rule in `services` goes to a shared chain.
+    Shared(&'static str),
+}
 
 /// The endpoint maps: which key picks from which pool. A service port's elements sit in
 /// the map for its endpoint count N (`endpoints-3`), keyed by the packet's destination
@@ -278,6 +297,31 @@ impl<'a> TableBuilder<'a> {
             Some(MapData::Verdict),
             "NodePort traffic",
         );
+        for (name, comment) in [
+            (CLUSTER_IP_PORTS, "ClusterIP traffic to cluster-ip-traffic"),
+            (
+                EXTERNAL_PORTS,
+                "externalIP and LoadBalancer IP traffic to external-traffic",
+            ),
+            (
+                EXTERNAL_LOCAL_PORTS,
+                "externalIP and LoadBalancer IP traffic to external-local-traffic",
+            ),
+        ] {
+            self.parts.set(name, dispatch_key.clone(), None, comment);
+        }
+        self.parts.set(
+            NODEPORTS,
+            port_key.clone(),
+            None,
+            "NodePort traffic to nodeport-traffic",
+        );
+        self.parts.set(
+            NODEPORTS_LOCAL,
+            port_key.clone(),
+            None,
+            "NodePort traffic to nodeport-local-traffic",
+        );
         self.parts.set(
             NO_ENDPOINT_SERVICES,
             dispatch_key.clone(),
@@ -450,22 +494,50 @@ impl<'a> TableBuilder<'a> {
                 map: NO_ENDPOINT_SERVICES.into(),
             }])],
         );
-        let nodeport_dispatch = match nodeport_cidrs {
-            None => vec![
-                Stmt::FibAddrTypeLocal(AddrField::Daddr),
-                not_loopback,
-                port_lookup(SERVICE_NODEPORTS),
-            ],
-            Some(_) => vec![on_nodeport_addr, port_lookup(SERVICE_NODEPORTS)],
+        let on_nodeport = match nodeport_cidrs {
+            None => vec![Stmt::FibAddrTypeLocal(AddrField::Daddr), not_loopback],
+            Some(_) => vec![on_nodeport_addr],
         };
+        let address_in = |set: &str, chain: &str| {
+            rule(vec![
+                Stmt::KeyInSet {
+                    key: dispatch_exprs(),
+                    set: set.into(),
+                },
+                goto(chain),
+            ])
+        };
+        let nodeport_in = |set: &str, chain: &str| {
+            rule(vec![
+                Stmt::KeyInSet {
+                    key: vec![KeyExpr::L4Proto, KeyExpr::ThDport],
+                    set: set.into(),
+                },
+                goto(chain),
+            ])
+        };
+        let mut to_nodeports = on_nodeport;
+        to_nodeports.push(goto(NODEPORT_SERVICES));
         self.parts.chain(
             SERVICES,
             vec![
+                // Ports with chains of their own (ClientIP affinity).
                 rule(vec![Stmt::Vmap {
                     key: dispatch_exprs(),
                     map: SERVICE_IPS.into(),
                 }]),
-                rule(nodeport_dispatch),
+                address_in(CLUSTER_IP_PORTS, CLUSTER_IP_TRAFFIC),
+                address_in(EXTERNAL_PORTS, EXTERNAL_TRAFFIC),
+                address_in(EXTERNAL_LOCAL_PORTS, EXTERNAL_LOCAL_TRAFFIC),
+                rule(to_nodeports),
+            ],
+        );
+        self.parts.chain(
+            NODEPORT_SERVICES,
+            vec![
+                rule(vec![port_lookup(SERVICE_NODEPORTS)]),
+                nodeport_in(NODEPORTS, NODEPORT_TRAFFIC),
+                nodeport_in(NODEPORTS_LOCAL, NODEPORT_LOCAL_TRAFFIC),
             ],
         );
         self.shared_chains();
@@ -644,6 +716,16 @@ impl<'a> TableBuilder<'a> {
 
     // ----- one service port -----
 
+    fn dispatch_element(&mut self, key: Vec<KeyValue>, to: &Dispatch) {
+        match to {
+            Dispatch::Own(map, chain) => {
+                self.parts
+                    .element(map, key, Some(Verdict::Goto(chain.clone())), None)
+            }
+            Dispatch::Shared(set) => self.parts.element(set, key, None, None),
+        }
+    }
+
     /// A service port's elements (and, with ClientIP affinity, its chains). Without
     /// affinity it dispatches to the shared chains and its endpoints are elements of
     /// the endpoint maps; with affinity it keeps kube-proxy's per-port chains, because
@@ -663,16 +745,24 @@ impl<'a> TableBuilder<'a> {
             Pool::Local => port_names.local_chain(),
         };
         let policy_local = sp.external.as_ref().is_some_and(|e| e.policy_local);
-        let (external_target, nodeport_target) = if own_chains {
+        // Where a key's traffic goes: a `goto` element of the verdict map to the port's
+        // own chain, or an element of the set that sends it to a shared chain.
+        let (external_to, nodeport_to) = if own_chains {
             let chain = port_names.external_chain();
-            (chain.clone(), chain)
+            (
+                Dispatch::Own(SERVICE_IPS, chain.clone()),
+                Dispatch::Own(SERVICE_NODEPORTS, chain),
+            )
         } else if policy_local {
             (
-                EXTERNAL_LOCAL_TRAFFIC.to_string(),
-                NODEPORT_LOCAL_TRAFFIC.to_string(),
+                Dispatch::Shared(EXTERNAL_LOCAL_PORTS),
+                Dispatch::Shared(NODEPORTS_LOCAL),
             )
         } else {
-            (EXTERNAL_TRAFFIC.to_string(), NODEPORT_TRAFFIC.to_string())
+            (
+                Dispatch::Shared(EXTERNAL_PORTS),
+                Dispatch::Shared(NODEPORTS),
+            )
         };
 
         self.parts
@@ -682,22 +772,17 @@ impl<'a> TableBuilder<'a> {
         // ClusterIP traffic.
         match sp.internal {
             Disposition::Forward(pool) => {
-                let target = if own_chains {
-                    pool_chain(pool)
+                let to = if own_chains {
+                    Dispatch::Own(SERVICE_IPS, pool_chain(pool))
                 } else {
                     self.endpoint_elements(
                         Pick::Address,
                         dispatch(sp.cluster_ip),
                         sp.endpoints(pool),
                     );
-                    CLUSTER_IP_TRAFFIC.to_string()
+                    Dispatch::Shared(CLUSTER_IP_PORTS)
                 };
-                self.parts.element(
-                    SERVICE_IPS,
-                    dispatch(sp.cluster_ip),
-                    Some(Verdict::Goto(target)),
-                    None,
-                )
+                self.dispatch_element(dispatch(sp.cluster_ip), &to);
             }
             other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
@@ -727,12 +812,7 @@ impl<'a> TableBuilder<'a> {
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
                 if sp.has_endpoints {
-                    self.parts.element(
-                        SERVICE_IPS,
-                        dispatch(*ip),
-                        Some(Verdict::Goto(external_target.clone())),
-                        None,
-                    );
+                    self.dispatch_element(dispatch(*ip), &external_to);
                 }
                 for (pick, endpoints) in shared_pools(Pick::Address, Pick::AddressCluster) {
                     self.endpoint_elements(pick, dispatch(*ip), endpoints);
@@ -769,12 +849,7 @@ impl<'a> TableBuilder<'a> {
             if let Some(node_port) = sp.node_port {
                 let key = vec![KeyValue::Proto(proto), KeyValue::Port(node_port)];
                 if sp.has_endpoints {
-                    self.parts.element(
-                        SERVICE_NODEPORTS,
-                        key.clone(),
-                        Some(Verdict::Goto(nodeport_target.clone())),
-                        None,
-                    );
+                    self.dispatch_element(key.clone(), &nodeport_to);
                 }
                 for (pick, endpoints) in shared_pools(Pick::NodePort, Pick::NodePortCluster) {
                     self.endpoint_elements(pick, key.clone(), endpoints);
@@ -799,7 +874,7 @@ impl<'a> TableBuilder<'a> {
                 if let Disposition::Forward(pool) = external.disposition {
                     rules.push(rule(vec![goto(&pool_chain(pool))]));
                 }
-                self.parts.chain(&external_target, rules);
+                self.parts.chain(&port_names.external_chain(), rules);
             }
         }
 
