@@ -3,8 +3,8 @@
 //! The layout follows kube-proxy's nftables mode where that costs nothing, so
 //! operators who know it can read ours:
 //! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
-//!   (`service-nodeports`) dispatch a new connection to its kind of traffic in one
-//!   lookup;
+//!   (`service-nodeports`) dispatch a new connection to the chains of a port that has
+//!   its own (ClientIP affinity);
 //! - `no-endpoint-*` maps reject (no endpoint at all) or drop (none usable here), from
 //!   filter chains, because `reject` is only allowed there; a `firewall-…` chain per
 //!   port with LoadBalancer source ranges;
@@ -14,10 +14,13 @@
 //! Where it differs, it is because the kernel's commit walks every chain, and a rule
 //! or a jumping map element makes it re-validate the whole table (docs/design.md,
 //! "Performance at scale"):
-//! - a service port has no chain of its own. Its dispatch elements `goto` chains shared
-//!   by every port (`cluster-ip-traffic`, `external-traffic`, `external-local-traffic`,
-//!   `nodeport-traffic`, `nodeport-local-traffic`), which make the masquerade and
-//!   traffic-policy decisions and go on to a `pick-…` chain. The random choice is one
+//! - a service port has no chain of its own. Its keys are elements of plain sets
+//!   (`cluster-ip-ports`, `external-ports`, ...), each matched by one rule that goes
+//!   to a chain shared by every port (`cluster-ip-traffic`, `external-traffic`,
+//!   `external-local-traffic`, `nodeport-traffic`, `nodeport-local-traffic`), which
+//!   makes the masquerade and traffic-policy decisions and goes on to a `pick-…`
+//!   chain. (Sets, not `goto` elements of the verdict maps: validation walks every
+//!   verdict-map element.) The random choice is one
 //!   rule per endpoint count N present, `dnat ip to ip daddr . meta l4proto . th dport
 //!   . numgen random mod N map @endpoints-N`; the port's endpoints are the elements
 //!   `DESTINATION . i : ENDPOINT_i` of the map of its count. So an endpoint change is
