@@ -269,8 +269,8 @@ fn endpoint_changes(
             let next = svcproxy_compiler::nft::fragment(&plan);
             let outcome = match syncer.sync_fragment(&current, &next) {
                 Ok(outcome) => outcome,
-                // A count no other port has: its map and its `pick-…` rule come with
-                // a whole sync of the cluster after the change (counted in the sample).
+                // A set a fragment cannot make (a changed definition): a whole sync
+                // of the cluster after the change (counted in the sample).
                 Err(svcproxy_agent::nftables::Error::NeedsWholeSync { .. }) => {
                     whole_syncs += 1;
                     syncer.sync(&change.full_ruleset(extra))?
@@ -292,7 +292,7 @@ fn endpoint_changes(
     let plain = (!plain_samples.is_empty()).then(|| Stats::of(&plain_samples));
     let kstats = Stats::of(&kernel);
     let max_messages = messages.iter().max().copied().unwrap_or(0);
-    eprintln!("  endpoint change: {whole_syncs} needed a whole sync (a new endpoint count)");
+    eprintln!("  endpoint change: {whole_syncs} needed a whole sync");
     eprintln!(
         "  endpoint change: p50 {} p99 {} max {} (kernel p50 {} p99 {}), {}..{} messages",
         human(stats.p50),

@@ -26,9 +26,9 @@ pub enum Error {
     #[error("nf_tables ruleset changed concurrently: generation {expected} is stale")]
     GenerationChanged { expected: u32 },
 
-    /// An incremental (fragment) sync needs a set the kernel lacks and that a shared
-    /// chain must refer to (a new endpoint count's map): only a whole sync can add it.
-    #[error("set {set} is new and shared: this change needs a whole sync")]
+    /// An incremental (fragment) sync cannot make this set: no rule of the fragment
+    /// refers to it, or its definition changed. Only a whole sync can.
+    #[error("set {set} is beyond an incremental sync: this change needs a whole sync")]
     NeedsWholeSync { set: String },
 
     /// The ruleset changed while we were reading it; read again.

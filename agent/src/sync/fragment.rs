@@ -13,10 +13,10 @@
 
 use std::collections::BTreeSet;
 
-use svcproxy_compiler::nft::ir::{Family, Ruleset, Stmt, Table};
+use svcproxy_compiler::nft::ir::{Family, Ruleset, Table};
 use svcproxy_compiler::nft::is_per_service_chain;
 
-use crate::nftables::diff::{definition, same_set_definition};
+use crate::nftables::diff::{definition, same_set_definition, sets_used};
 use crate::nftables::{Change, Changes, Op};
 
 /// The fragment diff needs something only a whole sync can do: a new set that no rule
@@ -52,7 +52,7 @@ pub fn fit_to_committed(
         .flat_map(|(c, rules)| {
             rules
                 .iter()
-                .flat_map(|r| r.stmts.iter().flat_map(sets_named))
+                .flat_map(sets_used)
                 .map(move |name| (c.family, c.table.as_str(), name))
         })
         .collect();
@@ -181,27 +181,13 @@ fn shared_chain_refers_to(table: &Table, set: &str) -> bool {
         .iter()
         .filter(|c| !is_per_service_chain(&c.name))
         .flat_map(|c| &c.rules)
-        .flat_map(|r| &r.stmts)
-        .any(|s| sets_named(s).any(|name| name == set))
-}
-
-/// The named sets and maps a statement refers to.
-fn sets_named(stmt: &Stmt) -> impl Iterator<Item = &str> {
-    let (first, second): (Option<&str>, Option<&str>) = match stmt {
-        Stmt::AddrInSet { set, .. } | Stmt::KeyInSet { set, .. } => (Some(set), None),
-        Stmt::UpdateMap { map, .. } | Stmt::DnatMap { map, .. } | Stmt::Vmap { map, .. } => {
-            (Some(map), None)
-        }
-        Stmt::DnatFromMap { map, port_map, .. } => (Some(map), port_map.as_deref()),
-        _ => (None, None),
-    };
-    first.into_iter().chain(second)
+        .any(|r| sets_used(r).any(|name| name == set))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set};
+    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt};
 
     /// A table with one shared chain using `endpoints-2`, as the layout makes it.
     fn committed() -> Ruleset {

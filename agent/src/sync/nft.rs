@@ -180,8 +180,8 @@ impl NftSyncer {
     /// committed proves the kernel still holds what it did); without one, or when
     /// someone else changed the ruleset since, it returns
     /// [`Error::GenerationChanged`] and the caller does a whole [`NftSyncer::sync`];
-    /// so does a change that needs a set no fragment can create (a new endpoint
-    /// count's map, whose rule is in a shared chain): [`Error::NeedsWholeSync`].
+    /// so does a change that needs a set a fragment cannot make (one no rule of the
+    /// fragment refers to, or one whose definition changed): [`Error::NeedsWholeSync`].
     pub fn sync_fragment(
         &mut self,
         before: &Ruleset,

@@ -905,7 +905,7 @@ impl<'a> TableBuilder<'a> {
             if let Some(first) = endpoints.first() {
                 rules.push(known_client(id.protocol, &maps, first));
             }
-            rules.extend(random_choice(sp, endpoints, Some(&maps)));
+            rules.extend(random_choice(sp, endpoints, &maps));
             self.parts.chain(&pool_chain(pool), rules);
         }
     }
@@ -1045,14 +1045,10 @@ fn record(maps: &AffinityMaps, endpoint: &Endpoint) -> Vec<Stmt> {
 
 /// Uniform random choice without an anonymous map: rule i (0-based) of n takes the
 /// connection with probability 1/(n-i), so every endpoint gets 1/n; the last rule
-/// takes what is left. Each rule DNATs to its endpoint itself, so that a service needs
-/// no chain per endpoint; with ClientIP affinity it first records the client's choice
-/// in the pool's map(s).
-fn random_choice(
-    sp: &ServicePortPlan,
-    endpoints: &[Endpoint],
-    affinity: Option<&AffinityMaps>,
-) -> Vec<Rule> {
+/// takes what is left. Each rule records the client's choice in the pool's affinity
+/// map(s), then DNATs to its endpoint itself (no chain per endpoint). Only ports with
+/// ClientIP affinity choose so; the others use the endpoint maps.
+fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint], maps: &AffinityMaps) -> Vec<Rule> {
     let id = &sp.id;
     let n = endpoints.len();
     endpoints
@@ -1066,9 +1062,7 @@ fn random_choice(
                     value: 0,
                 });
             }
-            if let Some(maps) = affinity {
-                stmts.extend(record(maps, endpoint));
-            }
+            stmts.extend(record(maps, endpoint));
             stmts.push(Stmt::Dnat {
                 proto: id.protocol,
                 addr: endpoint.ip,

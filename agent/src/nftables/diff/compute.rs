@@ -353,7 +353,7 @@ fn definition_of_chain(chain: &Chain) -> Chain {
 }
 
 /// The named sets and maps a rule looks up or updates.
-fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
+pub(crate) fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
     rule.stmts.iter().flat_map(|stmt| {
         let (first, second) = match stmt {
             Stmt::AddrInSet { set, .. } | Stmt::KeyInSet { set, .. } => (Some(set), None),

@@ -54,7 +54,7 @@ use std::fmt;
 use svcproxy_compiler::nft::ir::{Chain, Element, Family, Rule, Ruleset, Set, Table};
 
 pub use apply::apply_all;
-pub(crate) use compute::{definition, same_set_definition};
+pub(crate) use compute::{definition, same_set_definition, sets_used};
 pub use compute::{diff, diff_with};
 
 /// How a diff gets rid of chains that `desired` no longer has.
