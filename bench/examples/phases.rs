@@ -173,6 +173,47 @@ fn rss_trace(services: usize, endpoints: usize) {
     drop(rules);
 }
 
+/// `PHASE=model|allocate|plan|ruleset`: runs that one phase RUNS times (the others
+/// once), for a profiler to look at; `PHASE=parsed`: parsing and `compile_parsed`.
+fn profile_phase(
+    phase: &str,
+    source: &input::Source,
+    node: &svcproxy_compiler::NodeContext,
+    runs: usize,
+) {
+    if phase == "parsed" {
+        for _ in 0..runs {
+            let objects = input::parse_source(source).expect("parses");
+            std::hint::black_box(compile_parsed(objects));
+        }
+        return;
+    }
+    let repeat = |name: &str| if name == phase { runs } else { 1 };
+    let mut snap = None;
+    for _ in 0..repeat("model") {
+        let objects = input::parse_source(source).expect("parses");
+        snap = Some(model::Snapshot::from_objects(objects).expect("valid"));
+    }
+    let snap = snap.expect("one run");
+    let mut allocated = None;
+    for _ in 0..repeat("allocate") {
+        allocated = Some(allocate::allocate(snap.services.clone(), node).expect("allocates"));
+    }
+    let allocated = allocated.expect("one run");
+    let mut families = Vec::new();
+    for _ in 0..repeat("plan") {
+        families = plan::build(&snap, &allocated.services, node);
+    }
+    let p = svcproxy_compiler::Plan {
+        families,
+        allocations: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for _ in 0..repeat("ruleset") {
+        std::hint::black_box(nft::ruleset(&p));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--rss") {
         let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse().ok());
@@ -188,6 +229,9 @@ fn main() {
     let (services, endpoints, runs) = (arg(1, 10_000), arg(2, 10), arg(3, 7));
     let snapshot = synth::generate(&Spec::new(services, endpoints));
     let node = synth::node_context();
+    if let Ok(phase) = std::env::var("PHASE") {
+        return profile_phase(&phase, &snapshot.source, &node, runs);
+    }
     let phases = [
         "parse (text -> objects)",
         "model (objects -> snapshot)",

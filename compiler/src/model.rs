@@ -238,15 +238,17 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     /// Validates one object into the snapshot.
     pub fn add(&mut self, located: Located<Object>) {
-        let Located { origin, object } = located;
-        let (kind, meta) = match &object {
-            Object::Service(s) => ("Service", &s.metadata),
-            Object::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
-            Object::Endpoints(e) => ("Endpoints", &e.metadata),
-            Object::Pod(p) => ("Pod", &p.metadata),
+        let Located { origin, mut object } = located;
+        // The name and namespace are moved out of the object (no converter reads
+        // them there): they key the duplicate check and name what is built.
+        let (kind, meta) = match &mut object {
+            Object::Service(s) => ("Service", &mut s.metadata),
+            Object::EndpointSlice(s) => ("EndpointSlice", &mut s.metadata),
+            Object::Endpoints(e) => ("Endpoints", &mut e.metadata),
+            Object::Pod(p) => ("Pod", &mut p.metadata),
         };
-        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+        let namespace = meta.namespace.take().unwrap_or_else(|| "default".into());
+        let Some(name) = meta.name.take().filter(|n| !n.is_empty()) else {
             self.fatal.push(
                 Diagnostic::new(&origin, "an object needs a name")
                     .object(format!("{kind} {namespace}/<unnamed>"))
@@ -264,20 +266,18 @@ impl SnapshotBuilder {
                     )
                     .object(format!("{kind} {namespace}/{name}")),
                 );
-                return;
             }
             Entry::Vacant(vacant) => {
+                let (_, namespace, name) = vacant.key();
+                let (namespace, name) = (namespace.clone(), name.clone());
                 vacant.insert(origin.clone());
+                self.convert(origin, object, namespace, name);
             }
         }
-        let (namespace, name) = match &object {
-            Object::Service(s) => (&s.metadata.namespace, &s.metadata.name),
-            Object::EndpointSlice(s) => (&s.metadata.namespace, &s.metadata.name),
-            Object::Endpoints(e) => (&e.metadata.namespace, &e.metadata.name),
-            Object::Pod(p) => (&p.metadata.namespace, &p.metadata.name),
-        };
-        let namespace = namespace.as_deref().unwrap_or("default").to_owned();
-        let name = name.as_deref().unwrap_or_default().to_owned();
+    }
+
+    /// Converts one object whose name is not a duplicate.
+    fn convert(&mut self, origin: Origin, object: Object, namespace: String, name: String) {
         let snapshot = &mut self.snapshot;
 
         match object {
@@ -376,24 +376,27 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldErr
     }
 }
 
-fn ip_at(text: &str, field: impl Into<String>) -> Result<IpAddr, FieldError> {
-    parse_ip(text).map_err(|m| field_error(field, m))
+// The field's name is a closure: it is formatted only for an error, not for each of
+// the hundreds of thousands of values that are valid.
+
+fn ip_at(text: &str, field: impl FnOnce() -> String) -> Result<IpAddr, FieldError> {
+    parse_ip(text).map_err(|m| field_error(field(), m))
 }
 
-fn port_at(value: i32, field: impl Into<String>) -> Result<u16, FieldError> {
+fn port_at(value: i32, field: impl FnOnce() -> String) -> Result<u16, FieldError> {
     u16::try_from(value)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| field_error(field, format!("port {value} is out of range 1..=65535")))
+        .ok_or_else(|| field_error(field(), format!("port {value} is out of range 1..=65535")))
 }
 
-fn protocol_at(value: Option<&str>, field: impl Into<String>) -> Result<L4Proto, FieldError> {
+fn protocol_at(value: Option<&str>, field: impl FnOnce() -> String) -> Result<L4Proto, FieldError> {
     match value.unwrap_or("TCP") {
         "TCP" => Ok(L4Proto::Tcp),
         "UDP" => Ok(L4Proto::Udp),
         "SCTP" => Ok(L4Proto::Sctp),
         other => Err(field_error(
-            field,
+            field(),
             format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
         )),
     }
@@ -462,7 +465,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
         } else {
             "spec.clusterIP".to_string()
         };
-        let ip = ip_at(text, field.clone())?;
+        let ip = ip_at(text, || field.clone())?;
         if cluster_ips
             .iter()
             .any(|other| Family::of(other) == Family::of(&ip))
@@ -515,20 +518,20 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
     let mut ports: Vec<ServicePortSpec> = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let at = |field: &str| format!("spec.ports[{i}].{field}");
-        let protocol = protocol_at(port.protocol.as_deref(), at("protocol"))?;
-        let number = port_at(port.port, at("port"))?;
+        let protocol = protocol_at(port.protocol.as_deref(), || at("protocol"))?;
+        let number = port_at(port.port, || at("port"))?;
         let target_port = match &port.target_port {
             None => TargetPort::Number(number),
-            Some(IntOrString::Int(n)) => TargetPort::Number(port_at(*n, at("targetPort"))?),
+            Some(IntOrString::Int(n)) => TargetPort::Number(port_at(*n, || at("targetPort"))?),
             Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                Ok(n) => TargetPort::Number(port_at(n, at("targetPort"))?),
+                Ok(n) => TargetPort::Number(port_at(n, || at("targetPort"))?),
                 Err(_) if s.is_empty() => TargetPort::Number(number),
                 Err(_) => TargetPort::Name(s.clone()),
             },
         };
         let node_port = match port.node_port {
             None | Some(0) => None,
-            Some(n) => Some(port_at(n, at("nodePort"))?),
+            Some(n) => Some(port_at(n, || at("nodePort"))?),
         };
         let port_name = port.name.clone().unwrap_or_default();
         if ports.iter().any(|p| p.name == port_name) {
@@ -559,7 +562,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
 
     let mut external_ips = Vec::new();
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        let ip = ip_at(ip, format!("spec.externalIPs[{i}]"))?;
+        let ip = ip_at(ip, || format!("spec.externalIPs[{i}]"))?;
         if !external_ips.contains(&ip) {
             external_ips.push(ip);
         }
@@ -578,7 +581,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
                 continue;
             }
             if let Some(ip) = &entry.ip {
-                let ip = ip_at(ip, format!("status.loadBalancer.ingress[{i}].ip"))?;
+                let ip = ip_at(ip, || format!("status.loadBalancer.ingress[{i}].ip"))?;
                 if !load_balancer_ips.contains(&ip) {
                     load_balancer_ips.push(ip);
                 }
@@ -587,7 +590,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
         if load_balancer_ips.is_empty()
             && let Some(ip) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty())
         {
-            load_balancer_ips.push(ip_at(ip, "spec.loadBalancerIP")?);
+            load_balancer_ips.push(ip_at(ip, || "spec.loadBalancerIP".into())?);
         }
     }
 
@@ -660,7 +663,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
     };
     let health_check_node_port = match spec.health_check_node_port {
         None | Some(0) => None,
-        Some(n) => Some(port_at(n, "spec.healthCheckNodePort")?),
+        Some(n) => Some(port_at(n, || "spec.healthCheckNodePort".into())?),
     };
     let selector = spec.selector.clone().filter(|s| !s.is_empty());
     let ipvs_scheduler = annotations
@@ -750,20 +753,20 @@ fn convert_slice(
     };
     let mut ports = Vec::new();
     for (i, port) in slice.ports.iter().flatten().enumerate() {
-        let protocol =
-            protocol_at(port.protocol.as_deref(), format!("ports[{i}].protocol")).map_err(fail)?;
+        let protocol = protocol_at(port.protocol.as_deref(), || format!("ports[{i}].protocol"))
+            .map_err(fail)?;
         // A port without a number means "all ports", which services never use.
         let Some(number) = port.port else { continue };
-        let number = port_at(number, format!("ports[{i}].port")).map_err(fail)?;
+        let number = port_at(number, || format!("ports[{i}].port")).map_err(fail)?;
         ports.push(EndpointPortSpec {
             name: port.name.clone().unwrap_or_default(),
             protocol,
             port: number,
         });
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
-        let field = format!("endpoints[{i}].addresses[0]");
+        let field = || format!("endpoints[{i}].addresses[0]");
         let Some(address) = endpoint.addresses.first() else {
             continue;
         };
@@ -777,7 +780,7 @@ fn convert_slice(
                     )
                     .skipping("endpoint")
                     .object(object.clone())
-                    .field(field),
+                    .field(field()),
                 );
                 continue;
             }
@@ -786,7 +789,7 @@ fn convert_slice(
                     Diagnostic::new(origin, message)
                         .skipping("endpoint")
                         .object(object.clone())
-                        .field(field),
+                        .field(field()),
                 );
                 continue;
             }
@@ -855,8 +858,8 @@ fn convert_endpoints(
             let at = |f: &str| format!("subsets[{s}].ports[{i}].{f}");
             ports.push(EndpointPortSpec {
                 name: port.name.clone().unwrap_or_default(),
-                protocol: protocol_at(port.protocol.as_deref(), at("protocol")).map_err(fail)?,
-                port: port_at(port.port, at("port")).map_err(fail)?,
+                protocol: protocol_at(port.protocol.as_deref(), || at("protocol")).map_err(fail)?,
+                port: port_at(port.port, || at("port")).map_err(fail)?,
             });
         }
         let mut list = Vec::new();
@@ -871,7 +874,8 @@ fn convert_endpoints(
             .flatten()
             .map(|a| (a, false, "notReadyAddresses"));
         for (i, (address, is_ready, field)) in ready.chain(not_ready).enumerate() {
-            let ip = ip_at(&address.ip, format!("subsets[{s}].{field}[{i}].ip")).map_err(fail)?;
+            let ip =
+                ip_at(&address.ip, || format!("subsets[{s}].{field}[{i}].ip")).map_err(fail)?;
             list.push(EndpointSpec {
                 ip,
                 node_name: names.get(address.node_name.as_ref()),
@@ -922,7 +926,7 @@ fn convert_pod(
     {
         Some(list) => {
             for (i, entry) in list.iter().enumerate() {
-                ips.push(ip_at(&entry.ip, format!("status.podIPs[{i}].ip")).map_err(fail)?);
+                ips.push(ip_at(&entry.ip, || format!("status.podIPs[{i}].ip")).map_err(fail)?);
             }
         }
         None => {
@@ -930,7 +934,7 @@ fn convert_pod(
                 .and_then(|s| s.pod_ip.as_deref())
                 .filter(|s| !s.is_empty())
             {
-                ips.push(ip_at(ip, "status.podIP").map_err(fail)?);
+                ips.push(ip_at(ip, || "status.podIP".into()).map_err(fail)?);
             }
         }
     }
@@ -949,8 +953,8 @@ fn convert_pod(
             let at = |f: &str| format!("spec.containers[{c}].ports[{i}].{f}");
             container_ports.push(ContainerPortSpec {
                 name: port.name.clone(),
-                protocol: protocol_at(port.protocol.as_deref(), at("protocol")).map_err(fail)?,
-                port: port_at(port.container_port, at("containerPort")).map_err(fail)?,
+                protocol: protocol_at(port.protocol.as_deref(), || at("protocol")).map_err(fail)?,
+                port: port_at(port.container_port, || at("containerPort")).map_err(fail)?,
             });
         }
     }

@@ -87,10 +87,7 @@ impl TableParts {
     /// not depend on the order in which services added them.
     pub fn into_table(mut self, family: Family, name: &str, comment: Option<String>) -> Table {
         for set in &mut self.sets {
-            // Elements that compare equal are identical (the order covers every
-            // field), so an unstable sort gives the same result, faster.
-            set.elements.sort_unstable();
-            set.elements.dedup();
+            sort_elements(&mut set.elements);
         }
         Table {
             family,

@@ -38,7 +38,8 @@
 //!   LoadBalancer IP of a Local-policy service without local endpoints are
 //!   short-circuited to the cluster endpoints, as the policy says, instead of dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::LazyCell;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -210,17 +211,23 @@ fn table(fp: &FamilyPlan) -> Table {
     t.finish()
 }
 
+/// A key of an endpoint map (without the bucket) and the endpoints it picks from.
+type EndpointKey<'a> = (Vec<KeyValue>, &'a [Endpoint]);
+
 /// Accumulates one table. Elements go into sets by name; `finish` sorts them.
 struct TableBuilder<'a> {
     fp: &'a FamilyPlan,
     family: Family,
     parts: TableParts,
     /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
-    /// endpoints, so they are collected once each and become elements at the end.
-    hairpin: BTreeSet<IpAddr>,
-    /// The elements of the endpoint maps, by map kind and endpoint count; the maps and
-    /// their `pick-…` rules are made at the end, for the counts present.
-    endpoint_maps: BTreeMap<(Pick, u32), Vec<Element>>,
+    /// endpoints, so they are collected, sorted and deduplicated, and become elements
+    /// at the end.
+    hairpin: Vec<IpAddr>,
+    /// The keys of the endpoint maps with their endpoints, by map kind and endpoint
+    /// count. The maps, their elements and their `pick-…` rules are made at the end,
+    /// for the counts present: with the keys sorted first, the elements come out in
+    /// their canonical order and need no sort of their own (a tenth of the items).
+    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey<'a>>>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -229,13 +236,15 @@ impl<'a> TableBuilder<'a> {
             fp,
             family: fp.family,
             parts: TableParts::default(),
-            hairpin: BTreeSet::new(),
+            hairpin: Vec::new(),
             endpoint_maps: BTreeMap::new(),
         }
     }
 
     fn finish(mut self) -> Table {
-        let hairpin = std::mem::take(&mut self.hairpin);
+        let mut hairpin = std::mem::take(&mut self.hairpin);
+        hairpin.sort_unstable();
+        hairpin.dedup();
         if let Some(set) = self
             .parts
             .sets
@@ -654,7 +663,22 @@ impl<'a> TableBuilder<'a> {
                 }
             }
         }
-        for ((pick, count), elements) in maps {
+        for ((pick, count), mut keys) in maps {
+            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut elements = Vec::with_capacity(keys.len() * count as usize);
+            for (key, endpoints) in keys {
+                for (i, endpoint) in (0..count).zip(endpoints) {
+                    let mut k = Vec::with_capacity(key.len() + 1);
+                    k.extend(key.iter().cloned());
+                    k.push(KeyValue::Int(i));
+                    elements.push(Element {
+                        key: k,
+                        verdict: None,
+                        data: vec![net(endpoint.ip), KeyValue::Port(endpoint.port)],
+                        comment: None,
+                    });
+                }
+            }
             let name = pick.map(count);
             let mut key_exprs = pick.key();
             key_exprs.push(KeyExpr::Numgen { modulus: count });
@@ -694,27 +718,19 @@ impl<'a> TableBuilder<'a> {
         }
     }
 
-    /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count.
-    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &[Endpoint]) {
+    /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count
+    /// (the elements are made by [`Self::endpoint_maps_and_rules`]).
+    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &'a [Endpoint]) {
         let Ok(count) = u32::try_from(endpoints.len()) else {
             return;
         };
         if count == 0 {
             return;
         }
-        let elements = self.endpoint_maps.entry((pick, count)).or_default();
-        elements.reserve(endpoints.len());
-        for (i, endpoint) in (0..count).zip(endpoints) {
-            let mut k = Vec::with_capacity(key.len() + 1);
-            k.extend(key.iter().cloned());
-            k.push(KeyValue::Int(i));
-            elements.push(Element {
-                key: k,
-                verdict: None,
-                data: vec![net(endpoint.ip), KeyValue::Port(endpoint.port)],
-                comment: None,
-            });
-        }
+        self.endpoint_maps
+            .entry((pick, count))
+            .or_default()
+            .push((key, endpoints));
     }
 
     // ----- one service port -----
@@ -733,16 +749,18 @@ impl<'a> TableBuilder<'a> {
     /// affinity it dispatches to the shared chains and its endpoints are elements of
     /// the endpoint maps; with affinity it keeps kube-proxy's per-port chains, because
     /// recording the client's choice needs the chosen endpoint as a constant.
-    fn service_port(&mut self, sp: &ServicePortPlan) {
+    fn service_port(&mut self, sp: &'a ServicePortPlan) {
         let id = &sp.id;
         let proto = id.protocol;
-        let comment = Some(comment_text(&id.to_string()));
+        // Only ports without endpoints, firewalls and affinity chains use the comment
+        // and the names (a hash each): most ports need neither.
+        let comment = || Some(comment_text(&id.to_string()));
         let reject_or_drop = |d: Disposition| match d {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
         };
         let own_chains = sp.affinity_timeout.is_some();
-        let port_names = names::PortNames::new(id);
+        let port_names = LazyCell::new(|| names::PortNames::new(id));
         let pool_chain = |pool: Pool| match pool {
             Pool::Cluster => port_names.service_chain(),
             Pool::Local => port_names.local_chain(),
@@ -791,7 +809,7 @@ impl<'a> TableBuilder<'a> {
                 NO_ENDPOINT_SERVICES,
                 dispatch(sp.cluster_ip),
                 Some(reject_or_drop(other)),
-                comment.clone(),
+                comment(),
             ),
         }
 
@@ -825,7 +843,7 @@ impl<'a> TableBuilder<'a> {
                         NO_ENDPOINT_SERVICES,
                         dispatch(*ip),
                         Some(reject_or_drop(external.disposition)),
-                        comment.clone(),
+                        comment(),
                     );
                 }
             }
@@ -845,7 +863,7 @@ impl<'a> TableBuilder<'a> {
                         FIREWALL_IPS,
                         dispatch(*ip),
                         Some(Verdict::Goto(chain.clone())),
-                        comment.clone(),
+                        comment(),
                     );
                 }
             }
@@ -862,7 +880,7 @@ impl<'a> TableBuilder<'a> {
                         NO_ENDPOINT_NODEPORTS,
                         key,
                         Some(reject_or_drop(external.disposition)),
-                        comment.clone(),
+                        comment(),
                     );
                 }
             }
@@ -882,7 +900,7 @@ impl<'a> TableBuilder<'a> {
         }
 
         for endpoint in sp.reachable_endpoints() {
-            self.hairpin.insert(endpoint.ip);
+            self.hairpin.push(endpoint.ip);
         }
         let Some(timeout) = sp.affinity_timeout else {
             return;
