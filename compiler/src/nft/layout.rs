@@ -459,6 +459,7 @@ impl<'a> TableBuilder<'a> {
                             KeyExpr::Addr(AddrField::Saddr),
                             KeyExpr::Addr(AddrField::Daddr),
                         ],
+                        op: CmpOp::Eq,
                         set: HAIRPIN_ENDPOINTS.into(),
                     },
                     jump(MARK_FOR_MASQUERADE),
@@ -514,6 +515,7 @@ impl<'a> TableBuilder<'a> {
             rule(vec![
                 Stmt::KeyInSet {
                     key: dispatch_exprs(),
+                    op: CmpOp::Eq,
                     set: set.into(),
                 },
                 goto(chain),
@@ -523,6 +525,7 @@ impl<'a> TableBuilder<'a> {
             rule(vec![
                 Stmt::KeyInSet {
                     key: vec![KeyExpr::L4Proto, KeyExpr::ThDport],
+                    op: CmpOp::Eq,
                     set: set.into(),
                 },
                 goto(chain),

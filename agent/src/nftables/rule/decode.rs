@@ -419,10 +419,14 @@ impl Decoder<'_> {
                 sreg: R1,
                 set,
                 dreg,
-                invert: false,
+                invert,
                 ..
             } = expr
             {
+                // Only a plain set lookup can be inverted (`!=`).
+                if *invert && dreg.is_some() {
+                    return None;
+                }
                 let stmt = match dreg {
                     Some(reg::VERDICT) if !key.is_empty() => Stmt::Vmap {
                         key,
@@ -454,6 +458,7 @@ impl Decoder<'_> {
                     }
                     None if key.len() >= 2 => Stmt::KeyInSet {
                         key,
+                        op: if *invert { IrCmpOp::Ne } else { IrCmpOp::Eq },
                         set: set.clone(),
                     },
                     _ => return None,

@@ -89,7 +89,7 @@ pub(crate) fn encode_stmts(
                     },
                 ]);
             }
-            Stmt::KeyInSet { key, set } => {
+            Stmt::KeyInSet { key, op, set } => {
                 if key.len() < 2 {
                     return Err(Error::encode(format!(
                         "@{set} with a key of {} components: a concatenation needs two or more",
@@ -102,7 +102,7 @@ pub(crate) fn encode_stmts(
                     set: set.clone(),
                     set_id: None,
                     dreg: None,
-                    invert: false,
+                    invert: *op == IrCmpOp::Ne,
                 });
             }
             Stmt::L4Proto(proto) => {
