@@ -104,7 +104,7 @@ fn concatenated_set_membership_round_trips_and_is_not_an_address_lookup() {
         let stmts = vec![
             Stmt::KeyInSet {
                 key: pair.clone(),
-                op: CmpOp::Eq,
+                op: IrCmpOp::Eq,
                 set: "hairpin-endpoints".into(),
             },
             Stmt::Verdict(Verdict::Jump("mark-for-masquerade".into())),
@@ -116,14 +116,14 @@ fn concatenated_set_membership_round_trips_and_is_not_an_address_lookup() {
         Family::Ip,
         &[Stmt::KeyInSet {
             key: pair.clone(),
-            op: CmpOp::Eq,
+            op: IrCmpOp::Eq,
             set: "s".into(),
         }],
     );
     assert!(matches!(e[1], Expr::Payload { dreg: 9, .. }), "{e:?}");
     let one = Stmt::KeyInSet {
         key: vec![KeyExpr::ThDport],
-        op: CmpOp::Eq,
+        op: IrCmpOp::Eq,
         set: "s".into(),
     };
     assert!(encode_stmts(Family::Ip, &[one], &mut |_| 0).is_err());
