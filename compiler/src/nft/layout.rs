@@ -187,7 +187,27 @@ const SRCNAT: i32 = 100;
 /// The whole ruleset for a plan: one table per family in use.
 pub fn ruleset(plan: &Plan) -> Ruleset {
     Ruleset {
-        tables: plan.families.iter().map(table).collect(),
+        tables: plan
+            .families
+            .iter()
+            .map(|fp| table(fp, fp.ports.iter()))
+            .collect(),
+    }
+}
+
+/// [`ruleset`], consuming the plan: each service port is dropped as soon as its
+/// elements are made, so that the plan (56 MB at 250k endpoints) and the ruleset are
+/// never whole together (`svcproxy compile`'s peak memory).
+pub fn ruleset_owned(plan: Plan) -> Ruleset {
+    Ruleset {
+        tables: plan
+            .families
+            .into_iter()
+            .map(|mut fp| {
+                let ports = std::mem::take(&mut fp.ports);
+                table(&fp, ports.into_iter())
+            })
+            .collect(),
     }
 }
 
@@ -211,17 +231,22 @@ pub fn is_per_service_chain(name: &str) -> bool {
     name.contains('/')
 }
 
-fn table(fp: &FamilyPlan) -> Table {
+fn table<P: std::borrow::Borrow<ServicePortPlan>>(
+    fp: &FamilyPlan,
+    ports: impl Iterator<Item = P>,
+) -> Table {
     let mut t = TableBuilder::new(fp);
     t.skeleton();
-    for port in &fp.ports {
-        t.service_port(port);
+    for port in ports {
+        t.service_port(port.borrow());
     }
     t.finish()
 }
 
 /// A key of an endpoint map (without the bucket) and the endpoints it picks from.
-type EndpointKey<'a> = (Vec<KeyValue>, &'a [Endpoint]);
+/// The endpoints are copied (address and port): the port they come from may be
+/// dropped before the maps are made ([`ruleset_owned`]).
+type EndpointKey = (Vec<KeyValue>, Vec<(IpAddr, u16)>);
 
 /// Accumulates one table. Elements go into sets by name; `finish` sorts them.
 struct TableBuilder<'a> {
@@ -236,7 +261,7 @@ struct TableBuilder<'a> {
     /// count. The maps, their elements and their `pick-…` rules are made at the end,
     /// for the counts present: with the keys sorted first, the elements come out in
     /// their canonical order and need no sort of their own (a tenth of the items).
-    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey<'a>>>,
+    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey>>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -749,14 +774,14 @@ impl<'a> TableBuilder<'a> {
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut elements = Vec::with_capacity(keys.len() * count as usize);
             for (key, endpoints) in keys {
-                for (i, endpoint) in (0..count).zip(endpoints) {
+                for (i, (ip, port)) in (0..count).zip(endpoints) {
                     let mut k = Vec::with_capacity(key.len() + 1);
                     k.extend(key.iter().cloned());
                     k.push(KeyValue::Int(i));
                     elements.push(Element {
                         key: k,
                         verdict: None,
-                        data: vec![net(endpoint.ip), KeyValue::Port(endpoint.port)],
+                        data: vec![net(ip), KeyValue::Port(port)],
                         comment: None,
                     });
                 }
@@ -802,7 +827,7 @@ impl<'a> TableBuilder<'a> {
 
     /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count
     /// (the elements are made by [`Self::endpoint_maps_and_rules`]).
-    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &'a [Endpoint]) {
+    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &[Endpoint]) {
         let Ok(count) = u32::try_from(endpoints.len()) else {
             return;
         };
@@ -812,7 +837,7 @@ impl<'a> TableBuilder<'a> {
         self.endpoint_maps
             .entry((pick, count))
             .or_default()
-            .push((key, endpoints));
+            .push((key, endpoints.iter().map(|e| (e.ip, e.port)).collect()));
     }
 
     // ----- one service port -----
@@ -822,7 +847,7 @@ impl<'a> TableBuilder<'a> {
     /// endpoint maps; affinity adds a known-client check before the random pick and
     /// a record after the DNAT, neither of which names an endpoint (see
     /// [`Self::affinity`]).
-    fn service_port(&mut self, sp: &'a ServicePortPlan) {
+    fn service_port(&mut self, sp: &ServicePortPlan) {
         let id = &sp.id;
         let proto = id.protocol;
         // Only ports without endpoints, firewalls and affinity chains use the comment
@@ -972,7 +997,7 @@ impl<'a> TableBuilder<'a> {
         &mut self,
         pick: Pick,
         key: &[KeyValue],
-        sp: &'a ServicePortPlan,
+        sp: &ServicePortPlan,
         pool: Pool,
         affinity: Option<&Affinity>,
     ) {
