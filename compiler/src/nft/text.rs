@@ -208,8 +208,9 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
     }
 }
 
-/// `ip daddr . meta l4proto . th dport`
-fn key_text(family: Family, key: &[KeyExpr]) -> String {
+/// `ip daddr . meta l4proto . th dport`: a (concatenated) key as rules and `typeof`
+/// declarations write it.
+pub fn key_text(family: Family, key: &[KeyExpr]) -> String {
     let parts: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
     parts.join(" . ")
 }
