@@ -134,8 +134,8 @@ fn compile(
     }
     let rendered = match backend {
         Backend::Nftables => match output {
-            OutputFormat::Json => svcproxy_compiler::render_nftables_json(&plan),
-            _ => svcproxy_compiler::render_nftables(&plan),
+            OutputFormat::Json => svcproxy_compiler::render_nftables_json(plan),
+            _ => svcproxy_compiler::render_nftables(plan),
         },
         Backend::Ipvs => {
             let state = svcproxy_compiler::ipvs::state(&plan, &node.ipvs_options());
@@ -232,6 +232,7 @@ impl NodeFlags {
             },
             strict: self.strict,
             max_input_bytes: self.max_input_bytes,
+            release_memory: Some(crate::release_memory),
         }
     }
 

@@ -297,7 +297,7 @@ const ADMIN_ENDPOINTS: &str = "  ports: [{name: http, port: 8080}]
 
 /// The last endpoint of `sticky` (ClientIP affinity, four endpoints).
 const STICKY_LAST_ENDPOINT: &str = "    - {addresses: [10.244.4.10], nodeName: node-b}
-# node-local";
+# sticky-local:";
 
 const LOCAL_WEB_ENDPOINTS: &str = "  endpoints:
     - {addresses: [10.244.2.10], nodeName: node-a}
@@ -310,6 +310,56 @@ const NODE_LOCAL_SPEC: &str = "    clusterIP: 10.96.0.70
 
 fn count_ops(changes: &Changes, pred: impl Fn(&Op) -> bool) -> usize {
     changes.iter().filter(|c| pred(&c.op)).count()
+}
+
+/// The operations of `family`, one line each, in the diff's order: what a scenario
+/// expects, exactly.
+fn op_list(changes: &Changes, family: Family) -> Vec<String> {
+    changes
+        .iter()
+        .filter(|c| c.family == family)
+        .map(|c| match &c.op {
+            Op::AddTable(table) => format!("add table {}", table.name),
+            Op::DeleteTable => "delete table".to_string(),
+            Op::DeleteElements { set, elements } => {
+                format!("delete {} elements from {}", elements.len(), set.name)
+            }
+            Op::FlushSet(set) => format!("flush set {}", set.name),
+            Op::FlushChain(chain) => format!("flush {chain}"),
+            Op::DeleteSet(set) => format!("delete set {}", set.name),
+            Op::DeleteChain(chain) => format!("delete chain {chain}"),
+            Op::AddChain(chain) => format!("add chain {}", chain.name),
+            Op::AddSet(set) => format!("add set {} ({} elements)", set.name, set.elements.len()),
+            Op::AddElements { set, elements } => {
+                format!("add {} elements to {}", elements.len(), set.name)
+            }
+            Op::AddRules { chain, rules } => format!("add {} rules to {chain}", rules.len()),
+        })
+        .collect()
+}
+
+/// Whether the operation touches a ClientIP-affinity object: an `affinity-…` map or
+/// verdict map, or a port's known-client (`service-…`, `local-…`) or record chain
+/// (per-port names contain a slash, the skeleton's never do).
+fn touches_affinity(op: &Op) -> bool {
+    let chain = |name: &str| {
+        name.contains('/')
+            && ["service-", "local-", "record-"]
+                .iter()
+                .any(|k| name.starts_with(k))
+    };
+    match op {
+        Op::AddTable(_) | Op::DeleteTable => true,
+        Op::DeleteElements { set, .. }
+        | Op::AddElements { set, .. }
+        | Op::FlushSet(set)
+        | Op::DeleteSet(set)
+        | Op::AddSet(set) => set.name.starts_with("affinity-"),
+        Op::FlushChain(name) | Op::DeleteChain(name) | Op::AddRules { chain: name, .. } => {
+            chain(name)
+        }
+        Op::AddChain(c) => chain(&c.name),
+    }
 }
 
 // ----- scenarios -----
@@ -342,10 +392,12 @@ fn one_endpoint_added() {
 }
 
 /// web (dual-stack, TCP and UDP, NodePort) gets a third endpoint in each family. Its
-/// elements leave the 2-endpoint maps for 3-endpoint maps no service had: those are
-/// created, with their rules, before the elements and rules that use them. web was the
-/// only service with 2 endpoints in the IPv6 table and the only NodePort with 2 in
-/// the IPv4 one: those maps are deleted after the rules that used them.
+/// elements leave the 2-endpoint maps for the 3-endpoint ones. In the IPv4 table
+/// other services keep counts 2 and 4, so the maps for 1 to 5 all exist before and
+/// after: elements only. web is the only service of the IPv6 table: there the
+/// headroom of 3 that no service had is created, with the `pick-…` rules, before the
+/// rules that use it, and the headroom of 2 that 3 does not need is deleted after the
+/// rules that used it.
 #[test]
 fn endpoints_move_to_a_new_count() {
     if !require_kernel() {
@@ -370,19 +422,30 @@ fn endpoints_move_to_a_new_count() {
         "    - {addresses: [\"fd00:244:3::10\"], nodeName: node-b}
     - {addresses: [\"fd00:244:4::10\"], nodeName: node-b}\n",
     );
-    // IPv4: web's 4 elements leave endpoints-2 (local-web keeps it) and its 4 leave
-    // nodeport-endpoints-2 (2 messages; both maps stay, the second empty, as the
-    // headroom of 1 and 3); its 6 go into endpoints-3 and nodeport-endpoints-3, which
-    // existed empty as the headroom of 2 (2); endpoints-4 and nodeport-endpoints-4
-    // come as the headroom of 3 (2); pick-endpoint and pick-nodeport-endpoint are
-    // flushed (2) and refilled with one rule per count, 1 to 4 (8). The hairpin pair
-    // of 10.244.4.10 exists (local-web's endpoint): 2 + 2 + 2 + 2 + 8 = 16.
+    // IPv4: web's 4 elements leave endpoints-2 (local-web and sticky-local's Local
+    // pool keep it) and its 4 leave nodeport-endpoints-2 (sticky-local's Local-pool
+    // NodePort keeps it) (2 messages); its 6 go into endpoints-3 and
+    // nodeport-endpoints-3, which existed empty as the headroom of 2 and 4 (2).
+    // endpoints-4 and nodeport-endpoints-4 hold sticky's elements, endpoints-5 and
+    // nodeport-endpoints-5 are its headroom: no map comes or goes, no rule changes.
+    // The hairpin pair of 10.244.4.10 exists (local-web's endpoint): 2 + 2 = 4.
     // IPv6 (web is the only service there): the same elements move (2 + 2), the
     // headroom of 2 that 3 no longer needs (endpoints-1, nodeport-endpoints-1) goes
-    // (2) and that of 3 comes (2), both pick chains are flushed (2) and get the rules
-    // for 2, 3 and 4 (6), and fd00:244:4::10 gets its hairpin pair (1):
-    // 2 + 2 + 2 + 2 + 2 + 6 + 1 = 17.
-    let changes = check_transition("endpoints move to a new count", &a, &b, 16 + 17);
+    // (2) and that of 3 comes (endpoints-4, nodeport-endpoints-4: 2), both pick
+    // chains are flushed (2) and get their affinity-clients or
+    // affinity-nodeport-clients lookup (empty here) and the rules for 2, 3 and 4
+    // (2 x 4), and fd00:244:4::10 gets its hairpin pair (1):
+    // 2 + 2 + 2 + 2 + 2 + 8 + 1 = 19.
+    let changes = check_transition("endpoints move to a new count", &a, &b, 4 + 19);
+    assert_eq!(
+        op_list(&changes, Family::Ip),
+        [
+            "delete 4 elements from endpoints-2",
+            "delete 4 elements from nodeport-endpoints-2",
+            "add 6 elements to endpoints-3",
+            "add 6 elements to nodeport-endpoints-3",
+        ]
+    );
     let deleted: Vec<(Family, &str)> = changes
         .iter()
         .filter_map(|c| match &c.op {
@@ -398,12 +461,21 @@ fn endpoints_move_to_a_new_count() {
         ]
     );
     // Only headroom maps are created, empty: the elements go into maps that exist.
-    let added = count_ops(
-        &changes,
-        |op| matches!(op, Op::AddSet(set) if set.name.ends_with("endpoints-4") && set.elements.is_empty()),
+    let added: Vec<(Family, &str)> = changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::AddSet(set) if set.elements.is_empty() => Some((c.family, set.name.as_str())),
+            Op::AddSet(set) => panic!("{} created with elements", set.name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        added,
+        [
+            (Family::Ip6, "endpoints-4"),
+            (Family::Ip6, "nodeport-endpoints-4"),
+        ]
     );
-    assert_eq!(added, 4);
-    assert_eq!(count_ops(&changes, |op| matches!(op, Op::AddSet(_))), 4);
 }
 
 /// One endpoint of web replaced by another: the same keys in the same maps, with
@@ -478,13 +550,51 @@ fn one_endpoint_removed() {
         return;
     }
     let a = cluster();
-    let b = edit(&a, STICKY_LAST_ENDPOINT, "# node-local");
-    // sticky's service chain is rewritten: flush 1 + 5 rules (masquerade, the
-    // affinity map's DNAT, 3-step random cascade). Its affinity map stays (the
-    // syncer deletes the entries pointing at the endpoint that left, see
-    // `affinity_entries_of_a_removed_endpoint_are_deleted`); no endpoint chain.
-    let changes = check_transition("one endpoint removed", &a, &b, 1 + 5);
-    assert_eq!(count_ops(&changes, |op| matches!(op, Op::DeleteSet(_))), 0);
+    let b = edit(&a, STICKY_LAST_ENDPOINT, "# sticky-local:");
+    // sticky (ClientIP affinity; ClusterIP, externalIP, NodePort) goes from 4 to 3
+    // endpoints. Its endpoints are elements of the shared maps, so that is an element
+    // change: ClusterIP and externalIP leave endpoints-4 (sticky-local's ClusterIP
+    // stays there) for endpoints-3 (which exists, empty, as the headroom of 2 and 4),
+    // the NodePort leaves nodeport-endpoints-4 for nodeport-endpoints-3, one message
+    // each = 4. Nothing of its affinity is touched: its known-client and record
+    // chains, their jump and goto elements and its affinity map stay as they are
+    // (the syncer deletes the map's entries pointing at the endpoint that left, see
+    // `affinity_entries_of_a_removed_endpoint_are_deleted`).
+    // The rest is headroom: sticky's was the only NodePort in nodeport-endpoints-4
+    // (sticky-local's picks from nodeport-endpoints-2 and
+    // nodeport-cluster-endpoints-4), and a whole diff keeps only the headroom of the
+    // counts still present, so nodeport-endpoints-5 goes (1) after
+    // pick-nodeport-endpoint is flushed (1) and refilled with its
+    // affinity-nodeport-clients lookup and the rules for 1 to 4 (5) = 7. (A fragment
+    // sync leaves headroom alone, see `nftables_fragment.rs`.)
+    let changes = check_transition("one endpoint removed", &a, &b, 4 + 7);
+    assert_eq!(
+        op_list(&changes, Family::Ip),
+        [
+            "delete 8 elements from endpoints-4",
+            "delete 4 elements from nodeport-endpoints-4",
+            "flush pick-nodeport-endpoint",
+            "delete set nodeport-endpoints-5",
+            "add 6 elements to endpoints-3",
+            "add 3 elements to nodeport-endpoints-3",
+            "add 5 rules to pick-nodeport-endpoint",
+        ]
+    );
+    assert!(op_list(&changes, Family::Ip6).is_empty());
+    // What the old layout rewrote (the port's chain, its cascade of endpoints) is not
+    // touched at all: apart from the NodePort headroom, element changes only.
+    assert!(
+        !changes.iter().any(|c| touches_affinity(&c.op)),
+        "{}",
+        changes.to_nft()
+    );
+    let elements_only = changes.iter().all(|c| match &c.op {
+        Op::DeleteElements { .. } | Op::AddElements { .. } => true,
+        Op::FlushChain(chain) | Op::AddRules { chain, .. } => chain == "pick-nodeport-endpoint",
+        Op::DeleteSet(set) => set.name == "nodeport-endpoints-5",
+        _ => false,
+    });
+    assert!(elements_only, "{}", changes.to_nft());
 }
 
 #[test]
@@ -512,9 +622,9 @@ endpoints:
   - {{addresses: [10.244.3.10], nodeName: node-b}}
 "
     );
-    // No chain, no rule: 3 element messages (cluster-ips and service-ips, one element
-    // each, and endpoints-2, which exists, two; both endpoints' hairpin pairs exist
-    // already).
+    // No chain, no rule: 3 element messages (cluster-ips and cluster-ip-ports, one
+    // element each, and endpoints-2, which exists, two; both endpoints' hairpin pairs
+    // exist already).
     check_transition("service added", &a, &b, 3);
 }
 
@@ -547,21 +657,26 @@ fn service_scaled_to_zero_and_back() {
     // Cluster pool), endpoints-1 and nodeport-endpoints-1 (Local pool: its one local
     // endpoint), cluster-endpoints-2 and nodeport-cluster-endpoints-2 (the
     // short-circuits to its 2 cluster endpoints) = 8 messages. Those two maps stay,
-    // empty, as the headroom of the count 1 that remains; the headroom of 2,
-    // cluster-endpoints-3 and nodeport-cluster-endpoints-3, goes (2) after the pick
-    // chains are flushed (2) and refilled with the rules for 1 and 2 (4). (Its pods'
-    // hairpin pairs stay: other services use them.) Added: the same 3 addresses to
-    // no-endpoint-services and the NodePort to no-endpoint-nodeports, all going to
-    // reject-chain = 2.
-    let down = check_transition("scaled to zero", &a, &b, 8 + 2 + 2 + 4 + 2);
+    // empty, as the headroom of the count 1 that remains (remote-web); the headroom of
+    // 2, cluster-endpoints-3 and nodeport-cluster-endpoints-3, stays too, as that of
+    // sticky-local's 4 (its short-circuits): no map comes or goes, so the pick chains
+    // are untouched. (Its pods' hairpin pairs stay: other services use them.) Added:
+    // the same 3 addresses to no-endpoint-services and the NodePort to
+    // no-endpoint-nodeports, all going to reject-chain = 2.
+    let down = check_transition("scaled to zero", &a, &b, 8 + 2);
     assert!(down.to_nft().contains(": goto reject-chain"));
-    // And back: the reject entries go (2), the two pick chains are flushed (2), the
-    // headroom maps of count 2 come back empty (2), the dispatch and endpoint
-    // elements come back (cluster-ip-ports, external-local-ports, nodeports-local,
-    // endpoints-1, endpoints-2, cluster-endpoints-2, nodeport-endpoints-1,
-    // nodeport-cluster-endpoints-2: 8), and the pick chains get a rule per count again
-    // (2 x 3).
-    check_transition("scaled back up", &b, &a, 2 + 2 + 2 + 8 + 6);
+    let elements_only = |changes: &Changes| {
+        changes
+            .iter()
+            .all(|c| matches!(c.op, Op::DeleteElements { .. } | Op::AddElements { .. }))
+    };
+    assert!(elements_only(&down), "{}", down.to_nft());
+    // And back: the reject entries go (2), and the dispatch and endpoint elements come
+    // back (cluster-ip-ports, external-local-ports, nodeports-local, endpoints-1,
+    // endpoints-2, cluster-endpoints-2, nodeport-endpoints-1,
+    // nodeport-cluster-endpoints-2: 8), into maps that exist.
+    let up = check_transition("scaled back up", &b, &a, 2 + 8);
+    assert!(elements_only(&up), "{}", up.to_nft());
 }
 
 #[test]
@@ -575,8 +690,9 @@ fn external_ip_added() {
         "    clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n",
         "    clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n    externalIPs: [203.0.113.70]\n",
     );
-    // web's IPv4 externalIP adds two service-ips entries (http and dns, to the shared
-    // external-traffic chain) and their four endpoints-2 entries, one message each.
+    // web's IPv4 externalIP adds two external-ports entries (http and dns, to the
+    // shared external-traffic chain) and their four endpoints-2 entries, one message
+    // each.
     check_transition("externalIP added", &a, &b, 2);
 }
 
@@ -595,8 +711,8 @@ fn cluster_ip_service_turned_node_port() {
     ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30070}]",
     );
     // node-local's ClusterIP traffic keeps its local-pool elements. NodePort traffic
-    // uses the cluster pool, 2 endpoints: one service-nodeports element (to the
-    // shared nodeport-traffic chain) and two nodeport-endpoints-2 elements, one
+    // uses the cluster pool, 2 endpoints: one nodeports element (to the shared
+    // nodeport-traffic chain) and two nodeport-endpoints-2 elements, one
     // message each; no chain or rule (the remote endpoint's hairpin pair exists).
     check_transition("ClusterIP turned NodePort", &a, &b, 2);
 }
@@ -619,13 +735,39 @@ fn affinity_timeout_changed() {
     let a = cluster();
     let b = edit(
         &a,
-        "    sessionAffinity: ClientIP\n",
-        "    sessionAffinity: ClientIP\n    sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        "    externalIPs: [203.0.113.61]\n    sessionAffinity: ClientIP\n",
+        "    externalIPs: [203.0.113.61]\n    sessionAffinity: ClientIP\n    sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
     );
-    // sticky's affinity map changes its timeout: deleted and created again (1 + 1).
-    // The chain using it is rewritten around that: flush 1 + 6 rules (masquerade,
-    // the map's DNAT, 4-step cascade recording into the map).
-    check_transition("affinity timeout changed", &a, &b, 2 + (1 + 6));
+    // sticky's affinity map changes its timeout, which the kernel cannot change in
+    // place: deleted and created again (1 + 1). The two chains whose rules name it,
+    // its known-client chain (DNAT to the client's recorded endpoint) and its record
+    // chain (`update` of the map), are flushed before the deletion (2) and get their
+    // one rule each again after the creation (2). The chains themselves stay, so the
+    // jump and goto elements that reach them (affinity-clients,
+    // affinity-nodeport-clients, affinity-records, affinity-nodeport-records) are
+    // not touched, nor is any endpoint element.
+    let changes = check_transition("affinity timeout changed", &a, &b, 2 + 2 + 2);
+    let compiled = compile(&b);
+    let service = chain_of(&compiled, Family::Ip, "service", "traffic/sticky/tcp/http");
+    let record = chain_of(&compiled, Family::Ip, "record", "traffic/sticky/tcp/http");
+    let map = compiled.tables[0]
+        .sets
+        .iter()
+        .find(|s| s.flags.dynamic && s.name.contains("traffic/sticky/"))
+        .expect("sticky's affinity map");
+    assert_eq!(map.timeout_secs, Some(60));
+    assert_eq!(
+        op_list(&changes, Family::Ip),
+        [
+            format!("flush {}", service.name),
+            format!("flush {}", record.name),
+            format!("delete set {}", map.name),
+            format!("add set {} (0 elements)", map.name),
+            format!("add 1 rules to {}", service.name),
+            format!("add 1 rules to {}", record.name),
+        ]
+    );
+    assert!(op_list(&changes, Family::Ip6).is_empty());
 }
 
 #[test]
@@ -721,11 +863,17 @@ fn drift_is_repaired_exactly() {
     let mut socket = ns.socket();
     socket.apply_full(&a).expect("apply A");
 
-    // The packet path adds to an affinity map: not drift.
+    // The packet path adds to an affinity map (sticky-local's Cluster pool): not
+    // drift.
     let affinity = a.tables[0]
         .sets
         .iter()
-        .find(|s| s.flags.dynamic)
+        .find(|s| {
+            s.flags.dynamic
+                && s.name.starts_with("affinity-")
+                && !s.name.starts_with("affinity-local-")
+                && s.name.contains("traffic/sticky-local/")
+        })
         .expect("an affinity map")
         .name
         .clone();
@@ -738,9 +886,16 @@ fn drift_is_repaired_exactly() {
         "{ 10.9.9.9 : 10.244.1.10 . 8080 }",
     ]);
 
-    // A rule: the second one of sticky's service chain.
-    let sticky = chain_of(&a, Family::Ip, "service", "traffic/sticky/tcp/http").clone();
-    let listing = ns.nft(&["-a", "list", "chain", "ip", "svcproxy", &sticky.name]);
+    // A rule: the second one of sticky-local's external record chain, one of the
+    // rules that write into that map.
+    let record = chain_of(
+        &a,
+        Family::Ip,
+        "record-external",
+        "traffic/sticky-local/tcp/http",
+    )
+    .clone();
+    let listing = ns.nft(&["-a", "list", "chain", "ip", "svcproxy", &record.name]);
     let handle = listing
         .lines()
         .filter_map(|l| {
@@ -754,7 +909,7 @@ fn drift_is_repaired_exactly() {
         "rule",
         "ip",
         "svcproxy",
-        &sticky.name,
+        &record.name,
         "handle",
         &handle,
     ]);
@@ -768,15 +923,12 @@ fn drift_is_repaired_exactly() {
          delete chain ip svcproxy {firewall}\n"
     ));
 
-    // A map element: sticky's ClusterIP dispatch.
-    ns.nft(&[
-        "delete",
-        "element",
-        "ip",
-        "svcproxy",
-        "service-ips",
-        "{ 10.96.0.60 . tcp . 80 }",
-    ]);
+    // sticky's ClusterIP: its dispatch (a plain set's element) and its known clients'
+    // jump to sticky's chain (a verdict map's element).
+    ns.nft_load(
+        "delete element ip svcproxy cluster-ip-ports { 10.96.0.60 . tcp . 80 }\n\
+         delete element ip svcproxy affinity-clients { 10.96.0.60 . tcp . 80 }\n",
+    );
 
     let drifted = read_back(&mut socket);
     let repair = diff(&drifted, &a);
@@ -785,34 +937,26 @@ fn drift_is_repaired_exactly() {
         repair.summary(),
         repair.to_nft()
     );
-    let ops: Vec<String> = repair
-        .iter()
-        .map(|c| match &c.op {
-            Op::FlushChain(chain) => format!("flush {chain}"),
-            Op::AddChain(chain) => format!("add chain {}", chain.name),
-            Op::AddRules { chain, rules } => format!("add {} rules to {chain}", rules.len()),
-            Op::AddElements { set, elements } => {
-                format!("add {} elements to {}", elements.len(), set.name)
-            }
-            other => format!("unexpected {other:?}"),
-        })
-        .collect();
+    assert!(op_list(&repair, Family::Ip6).is_empty());
     assert_eq!(
-        ops,
+        op_list(&repair, Family::Ip),
         [
-            format!("flush {}", sticky.name),
+            format!("flush {}", record.name),
             format!("add chain {firewall}"),
-            "add 1 elements to service-ips".to_string(),
+            // In the desired ruleset's set order.
+            "add 1 elements to affinity-clients".to_string(),
+            "add 1 elements to cluster-ip-ports".to_string(),
             "add 1 elements to firewall-ips".to_string(),
-            // In the desired ruleset's chain order: admin comes before sticky.
+            // In the desired ruleset's chain order: admin comes before sticky-local.
             format!("add 1 rules to {firewall}"),
-            format!("add {} rules to {}", sticky.rules.len(), sticky.name),
+            format!("add {} rules to {}", record.rules.len(), record.name),
         ]
     );
-    // Flush 1 + the chain's 6 rules; the firewall chain 1 + its rule 1; one element
-    // message per map 2.
-    assert_eq!(sticky.rules.len(), 6);
-    assert_eq!(repair.to_batch().expect("batch").len(), 1 + 6 + 1 + 1 + 2);
+    // Flush 1 + the record chain's 3 rules (the two that return after recording for
+    // pods and the node, the one for outside clients); the firewall chain 1 + its rule
+    // 1; one element message per set or map 3.
+    assert_eq!(record.rules.len(), 3);
+    assert_eq!(repair.to_batch().expect("batch").len(), 1 + 3 + 1 + 1 + 3);
     commit(&mut socket, &repair);
 
     let repaired = read_back(&mut socket);
@@ -1131,10 +1275,22 @@ fn ten_thousand_services_one_endpoint_change() {
     // svc-0 goes from 5 to 6 endpoints, a count no other service has: its 5 elements
     // leave endpoints-5 (1) and its 6 go into endpoints-6, there empty as the headroom
     // of 5 (1); endpoints-7 comes as the headroom of 6 (1); a whole diff flushes
-    // pick-endpoint (1) and refills it, one rule per count 4 to 7 (4); the new endpoint
+    // pick-endpoint (1) and refills it: its affinity-clients lookup (the map is empty,
+    // no service has affinity) and one rule per count 4 to 7 (1 + 4); the new endpoint
     // gets its hairpin pair (1). (A fragment sync of the same change is the two
     // element messages and the hairpin pair: `nftables_fragment.rs`.)
-    assert_eq!(batch.len(), 1 + 1 + 1 + 1 + 4 + 1);
+    assert_eq!(batch.len(), 1 + 1 + 1 + 1 + (1 + 4) + 1);
+    assert_eq!(
+        op_list(&changes, Family::Ip),
+        [
+            "delete 5 elements from endpoints-5",
+            "flush pick-endpoint",
+            "add set endpoints-7 (0 elements)",
+            "add 1 elements to hairpin-endpoints",
+            "add 6 elements to endpoints-6",
+            "add 5 rules to pick-endpoint",
+        ]
+    );
 
     if !require_kernel() {
         return;

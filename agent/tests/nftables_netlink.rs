@@ -153,9 +153,9 @@ fn endpoint_map(
     let key = key_exprs
         .iter()
         .map(|k| match k {
-            KeyExpr::Addr(_) => addr,
+            KeyExpr::Addr(_) | KeyExpr::CtOriginalAddr(_) => addr,
             KeyExpr::L4Proto => KeyType::InetProto,
-            KeyExpr::ThDport => KeyType::InetService,
+            KeyExpr::ThDport | KeyExpr::CtOriginalProtoDst => KeyType::InetService,
             KeyExpr::Numgen { .. } => KeyType::Integer,
         })
         .collect();
@@ -917,6 +917,11 @@ fn netlink_ruleset_lists_exactly_like_nft_f() {
         json_listing(&reference),
         "nft -j list ruleset differs"
     );
+    assert_eq!(
+        bytecode_listing(&ours),
+        bytecode_listing(&reference),
+        "the kernel's bytecode differs"
+    );
     for garbage in ["unknown", "@nh,", "@th,", "invalid"] {
         assert!(
             !text.contains(garbage),
@@ -1205,6 +1210,11 @@ fn compiled_fixtures_apply_like_their_nft_text() {
                 "{name}: nft list ruleset differs from nft -f of the compiler's text"
             ));
         }
+        if bytecode_listing(&ours) != bytecode_listing(&reference) {
+            failures.push(format!(
+                "{name}: the kernel's bytecode differs from nft -f of the compiler's text"
+            ));
+        }
     }
     assert!(
         failures.is_empty(),
@@ -1212,4 +1222,284 @@ fn compiled_fixtures_apply_like_their_nft_text() {
         fixtures.len(),
         failures.join("\n")
     );
+}
+
+/// The kernel's bytecode of every rule and the elements of every set, as `nft
+/// --debug=netlink list ruleset` prints them, without what depends on creation history
+/// or hashing: rule handles and positions, and the order of a set's elements.
+fn bytecode_listing(ns: &Netns) -> String {
+    let listing = ns.nft(&["--debug=netlink", "list", "ruleset"]);
+    let debug = listing.split("\ntable ").next().unwrap_or_default();
+    let mut lines: Vec<String> = Vec::new();
+    let mut elements: Vec<&str> = Vec::new();
+    for line in debug.lines() {
+        if line.starts_with("\telement ") {
+            elements.push(line);
+            continue;
+        }
+        elements.sort_unstable();
+        lines.extend(elements.drain(..).map(str::to_string));
+        // `ip t rec 11 9`: family, table, chain, handle, position.
+        let words: Vec<&str> = line.split(' ').collect();
+        let rule_header = matches!(words.first(), Some(&"ip" | &"ip6")) && !line.contains('@');
+        lines.push(if rule_header && words.len() > 3 {
+            words[..3].join(" ")
+        } else {
+            line.to_string()
+        });
+    }
+    elements.sort_unstable();
+    lines.extend(elements.drain(..).map(str::to_string));
+    lines.join("\n")
+}
+
+/// Element-only ClientIP affinity's statements, in an `ip` and an `ip6` table: the
+/// record hook's gate (`ct state new ct status dnat meta l4proto { tcp, udp, sctp }`
+/// and a verdict map keyed by the original destination, or a negated set lookup of
+/// it), and the records written from the packet (`update @a { ip saddr : ip daddr .
+/// th dport }`, the IPv6 pair of updates).
+fn element_only_affinity_ruleset() -> Ruleset {
+    use AddrField::{Daddr, Saddr};
+    let protos = || Stmt::L4ProtoIn(vec![L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp]);
+    let original_key = vec![
+        KeyExpr::CtOriginalAddr(Daddr),
+        KeyExpr::L4Proto,
+        KeyExpr::CtOriginalProtoDst,
+    ];
+    let gate = |family: Family| {
+        let addr = match family {
+            Family::Ip => KeyType::Ipv4Addr,
+            Family::Ip6 => KeyType::Ipv6Addr,
+        };
+        let service_key = vec![addr, KeyType::InetProto, KeyType::InetService];
+        let records = |elements| {
+            set(
+                "records",
+                service_key.clone(),
+                Some(MapData::Verdict),
+                PLAIN,
+                elements,
+            )
+        };
+        let service = |s: &str| {
+            vec![
+                KeyValue::Net(net(s)),
+                KeyValue::Proto(L4Proto::Tcp),
+                KeyValue::Port(80),
+            ]
+        };
+        let (records, sticky_ports) = match family {
+            Family::Ip => (
+                records(vec![element(
+                    service("10.96.0.10/32"),
+                    Some(Verdict::Goto("record-a".into())),
+                    None,
+                )]),
+                vec![element(service("10.96.0.10/32"), None, None)],
+            ),
+            Family::Ip6 => (
+                records(vec![element(
+                    service("fd00:96::10/128"),
+                    Some(Verdict::Goto("record-a".into())),
+                    None,
+                )]),
+                vec![element(service("fd00:96::10/128"), None, None)],
+            ),
+        };
+        let sets = vec![
+            records,
+            set(
+                "records-np",
+                vec![KeyType::InetProto, KeyType::InetService],
+                Some(MapData::Verdict),
+                PLAIN,
+                vec![element(
+                    vec![KeyValue::Proto(L4Proto::Udp), KeyValue::Port(30053)],
+                    Some(Verdict::Goto("record-a".into())),
+                    None,
+                )],
+            ),
+            set("s", service_key.clone(), None, PLAIN, vec![]),
+            // A `typeof` with a `ct original` address.
+            Set {
+                exprs: Some(SetExprs {
+                    key: vec![
+                        KeyExpr::CtOriginalAddr(Daddr),
+                        KeyExpr::L4Proto,
+                        KeyExpr::ThDport,
+                    ],
+                    data: vec![],
+                }),
+                ..set("sticky", service_key, None, PLAIN, sticky_ports)
+            },
+        ];
+        let chain = chain(
+            "rec",
+            Some((ChainType::Filter, Hook::Prerouting, -99)),
+            vec![
+                rule(vec![
+                    Stmt::CtStateNew,
+                    Stmt::CtStatusDnat,
+                    protos(),
+                    Stmt::Vmap {
+                        key: original_key.clone(),
+                        map: "records".into(),
+                    },
+                ]),
+                rule(vec![
+                    Stmt::CtStateNew,
+                    Stmt::CtStatusDnat,
+                    protos(),
+                    Stmt::KeyInSet {
+                        key: original_key.clone(),
+                        op: CmpOp::Ne,
+                        set: "s".into(),
+                    },
+                    Stmt::Vmap {
+                        key: vec![KeyExpr::L4Proto, KeyExpr::CtOriginalProtoDst],
+                        map: "records-np".into(),
+                    },
+                ]),
+                rule(vec![
+                    Stmt::L4ProtoIn(vec![L4Proto::Tcp, L4Proto::Sctp]),
+                    Stmt::KeyInSet {
+                        key: vec![
+                            KeyExpr::CtOriginalAddr(Daddr),
+                            KeyExpr::L4Proto,
+                            KeyExpr::ThDport,
+                        ],
+                        op: CmpOp::Eq,
+                        set: "sticky".into(),
+                    },
+                    Stmt::Verdict(Verdict::Accept),
+                ]),
+            ],
+        );
+        (sets, chain)
+    };
+    let affinity_map = |name: &str, data: Vec<KeyType>, key: KeyType| Set {
+        timeout_secs: Some(10800),
+        ..set(
+            name,
+            vec![key],
+            Some(MapData::Value(data)),
+            TIMEOUT_DYNAMIC,
+            vec![],
+        )
+    };
+
+    let (mut sets, rec) = gate(Family::Ip);
+    sets.insert(
+        0,
+        affinity_map(
+            "a",
+            vec![KeyType::Ipv4Addr, KeyType::InetService],
+            KeyType::Ipv4Addr,
+        ),
+    );
+    let ip = Table {
+        family: Family::Ip,
+        name: "svcproxy".into(),
+        comment: None,
+        sets,
+        chains: vec![
+            chain(
+                "record-a",
+                None,
+                vec![rule(vec![Stmt::UpdateMapFromPacket {
+                    map: "a".into(),
+                    field: Saddr,
+                    data: vec![KeyExpr::Addr(Daddr), KeyExpr::ThDport],
+                }])],
+            ),
+            rec,
+        ],
+    };
+
+    let (mut sets, rec) = gate(Family::Ip6);
+    sets.insert(
+        0,
+        affinity_map("a", vec![KeyType::Ipv6Addr], KeyType::Ipv6Addr),
+    );
+    sets.insert(
+        1,
+        affinity_map("p", vec![KeyType::InetService], KeyType::Ipv6Addr),
+    );
+    let ip6 = Table {
+        family: Family::Ip6,
+        name: "svcproxy".into(),
+        comment: None,
+        sets,
+        chains: vec![
+            chain(
+                "record-a",
+                None,
+                vec![rule(vec![
+                    Stmt::UpdateMapFromPacket {
+                        map: "a".into(),
+                        field: Saddr,
+                        data: vec![KeyExpr::Addr(Daddr)],
+                    },
+                    Stmt::UpdateMapFromPacket {
+                        map: "p".into(),
+                        field: Saddr,
+                        data: vec![KeyExpr::ThDport],
+                    },
+                ])],
+            ),
+            rec,
+        ],
+    };
+    Ruleset {
+        tables: vec![ip, ip6],
+    }
+}
+
+/// Element-only affinity's statements through netlink give the kernel the bytecode,
+/// anonymous sets and listing `nft -f` of the compiler's text gives it, and read back
+/// as the same IR.
+#[test]
+fn element_only_affinity_statements_load_like_nft_f() {
+    if !require_kernel() {
+        return;
+    }
+    let ruleset = element_only_affinity_ruleset();
+    let ours = Netns::new("nl");
+    let mut socket = ours.socket();
+    let (read, _) = ours.enter(|| {
+        socket.apply_full(&ruleset).expect("apply_full");
+        socket
+            .read_tables(&[(Family::Ip, "svcproxy"), (Family::Ip6, "svcproxy")])
+            .expect("read back")
+    });
+
+    let text = svcproxy_compiler::nft::text::render(&ruleset, &[]);
+    let reference = Netns::new("nl");
+    reference.nft_load(&text);
+
+    let listing = ours.nft(&["list", "ruleset"]);
+    assert_eq!(
+        listing,
+        reference.nft(&["list", "ruleset"]),
+        "nft list ruleset differs from nft -f of:\n{text}"
+    );
+    assert_eq!(
+        bytecode_listing(&ours),
+        bytecode_listing(&reference),
+        "the kernel's bytecode differs from nft -f of:\n{text}"
+    );
+    assert_eq!(json_listing(&ours), json_listing(&reference));
+    for expected in [
+        "ct state new ct status dnat meta l4proto { tcp, udp, sctp } ct original ip daddr . meta l4proto . ct original proto-dst vmap @records",
+        "ct original ip6 daddr . meta l4proto . ct original proto-dst != @s meta l4proto . ct original proto-dst vmap @records-np",
+        "update @a { ip saddr : ip daddr . th dport }",
+        "update @a { ip6 saddr : ip6 daddr } update @p { ip6 saddr : th dport }",
+        "typeof ct original ip6 daddr . meta l4proto . th dport",
+    ] {
+        assert!(
+            listing.contains(expected),
+            "{expected:?} not in:\n{listing}"
+        );
+    }
+    assert_eq!(read, ruleset);
 }

@@ -43,6 +43,11 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+unsafe extern "C" {
+    /// mimalloc's: returns the memory its heaps no longer use to the OS.
+    fn mi_collect(force: bool);
+}
+
 /// Live and peak allocated bytes (MB), and the process's peak RSS (MB).
 fn memory(step: &str) {
     let mb = |b: usize| b as f64 / (1 << 20) as f64;
@@ -122,9 +127,21 @@ fn rss_trace(services: usize, endpoints: usize) {
     };
     drop((snap, allocated));
     memory("snapshot dropped");
-    let rules = nft::ruleset(&p);
+    if std::env::var_os("COLLECT").is_some() {
+        // SAFETY: mi_collect only returns freed memory to the OS.
+        unsafe { mi_collect(true) };
+        memory("collected");
+    }
+    let sizes = std::env::var_os("SIZES").is_some();
+    // As the product's compile does: the plan consumed while the ruleset is built;
+    // with SIZES kept, for its figures.
+    let (rules, p) = if sizes {
+        (nft::ruleset(&p), Some(p))
+    } else {
+        (nft::ruleset_owned(p), None)
+    };
     memory("ruleset");
-    if std::env::var_os("SIZES").is_some() {
+    if sizes {
         use svcproxy_compiler::nft::ir::*;
         println!(
             "sizes: Stmt {} Rule {} Chain {} Element {} KeyValue {} Verdict {} Endpoint {} ServicePortPlan {}",
@@ -160,7 +177,7 @@ fn rss_trace(services: usize, endpoints: usize) {
                 );
             }
         }
-        for f in &p.families {
+        for f in p.iter().flat_map(|p| &p.families) {
             let cl: usize = f.ports.iter().map(|p| p.cluster_endpoints.len()).sum();
             let lo: usize = f.ports.iter().map(|p| p.local_endpoints.len()).sum();
             println!(

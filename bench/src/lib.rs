@@ -14,6 +14,8 @@ pub mod table;
 pub fn options() -> Options {
     Options {
         node: synth::node_context(),
+        // As `svcproxy compile`, `apply` and `run` do.
+        release_memory: Some(svcproxy_agent::release_memory),
         ..Options::default()
     }
 }
@@ -34,7 +36,7 @@ pub fn compile_ruleset(source: &Source) -> Ruleset {
 pub fn compile_ruleset_owned(source: Source) -> Ruleset {
     let plan = svcproxy_compiler::plan_owned(vec![source], &options())
         .expect("generated snapshots compile");
-    svcproxy_compiler::nft::ruleset(&plan)
+    svcproxy_compiler::nft::ruleset_owned(plan)
 }
 
 /// Parsed objects to the nftables IR: the compile figure without the parsing.

@@ -31,12 +31,14 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
         s
     };
     let cluster_ips = set_named("cluster-ips");
-    let service_ips = set_named("service-ips");
-    let some_service_chain = table
+    // A verdict map whose elements `goto` per-port chains: the ClientIP-affinity
+    // record chains.
+    let records = set_named("affinity-records");
+    let some_record_chain = table
         .chains
         .iter()
-        .find(|c| c.name.starts_with("service-"))
-        .expect("a service chain")
+        .find(|c| c.name.starts_with("record-"))
+        .expect("a ClientIP-affinity record chain")
         .name
         .clone();
     let mut out = Vec::new();
@@ -95,15 +97,15 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
         )?;
     }
     run(
-        "add one goto element to the service-ips verdict map",
+        "add one goto element to the affinity-records verdict map",
         &mut |b, i| {
             b.add_elements(
                 family,
                 &table.name,
-                &service_ips,
+                &records,
                 &[element(
                     vec![addr(i), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(1)],
-                    Some(Verdict::Goto(some_service_chain.clone())),
+                    Some(Verdict::Goto(some_record_chain.clone())),
                 )],
             )?;
             Ok(())

@@ -50,6 +50,13 @@ pub struct Options {
     /// Treat every skipped object as a fatal error.
     pub strict: bool,
     pub max_input_bytes: usize,
+    /// Called between phases, once the previous phase's memory is freed (after
+    /// parsing; after planning, when the snapshot is gone). An allocator that keeps
+    /// freed memory for reuse (mimalloc) can return it to the system here, so that
+    /// the peak RSS is the largest phase's, not that plus what earlier phases left:
+    /// the parsed objects and the snapshot free memory of other sizes than the
+    /// ruleset reuses. The compiler itself never touches the allocator.
+    pub release_memory: Option<fn()>,
 }
 
 impl Default for Options {
@@ -58,6 +65,15 @@ impl Default for Options {
             node: NodeContext::default(),
             strict: false,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
+            release_memory: None,
+        }
+    }
+}
+
+impl Options {
+    fn release_memory(&self) {
+        if let Some(release) = self.release_memory {
+            release();
         }
     }
 }
@@ -130,6 +146,7 @@ fn plan_sources<S: std::borrow::Borrow<Source>>(
     if !errors.is_empty() {
         return Err(CompileError::Invalid(errors));
     }
+    options.release_memory();
     plan_snapshot(builder, options)
 }
 
@@ -154,6 +171,8 @@ fn plan_snapshot(builder: SnapshotBuilder, options: &Options) -> Result<Plan, Co
         ));
     }
     let families = plan::build(&snapshot, &allocated.services, &options.node);
+    drop((snapshot, allocated.services));
+    options.release_memory();
     Ok(Plan {
         families,
         allocations: allocated.allocations,
@@ -233,19 +252,20 @@ pub fn header(plan: &Plan, backend: &str) -> Vec<String> {
     lines
 }
 
-/// The nftables ruleset as `nft -f` text.
-pub fn render_nftables(plan: &Plan) -> String {
-    let mut header = header(plan, "nftables");
+/// The nftables ruleset as `nft -f` text. The plan is consumed as the ruleset is
+/// built ([`nft::ruleset_owned`]), so that both are never whole in memory together.
+pub fn render_nftables(plan: Plan) -> String {
+    let mut header = header(&plan, "nftables");
     header.push(
         "apply with `nft -f FILE`: it replaces the svcproxy tables in one transaction".into(),
     );
-    nft::text::render(&nft::ruleset(plan), &header)
+    nft::text::render(&nft::ruleset_owned(plan), &header)
 }
 
-/// The nftables ruleset as `nft -j` JSON.
-pub fn render_nftables_json(plan: &Plan) -> String {
-    let mut text =
-        serde_json::to_string_pretty(&nft::json::render(&nft::ruleset(plan))).unwrap_or_default();
+/// The nftables ruleset as `nft -j` JSON (the plan consumed, as [`render_nftables`]).
+pub fn render_nftables_json(plan: Plan) -> String {
+    let mut text = serde_json::to_string_pretty(&nft::json::render(&nft::ruleset_owned(plan)))
+        .unwrap_or_default();
     text.push('\n');
     text
 }

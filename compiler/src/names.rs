@@ -23,10 +23,6 @@ pub fn local_chain(id: &ServicePortId) -> String {
     PortNames::new(id).local_chain()
 }
 
-pub fn external_chain(id: &ServicePortId) -> String {
-    PortNames::new(id).external_chain()
-}
-
 pub fn firewall_chain(id: &ServicePortId) -> String {
     PortNames::new(id).firewall_chain()
 }
@@ -57,20 +53,29 @@ impl PortNames {
         }
     }
 
+    /// ClientIP affinity: sends a known client of the Cluster pool to its endpoint.
     pub fn service_chain(&self) -> String {
         format!("service-{}", self.base)
     }
 
+    /// ClientIP affinity: the same for the Local pool.
     pub fn local_chain(&self) -> String {
         format!("local-{}", self.base)
     }
 
-    pub fn external_chain(&self) -> String {
-        format!("external-{}", self.base)
-    }
-
     pub fn firewall_chain(&self) -> String {
         format!("firewall-{}", self.base)
+    }
+
+    /// ClientIP affinity: writes the endpoint of a ClusterIP connection into its
+    /// pool's map.
+    pub fn record_chain(&self) -> String {
+        format!("record-{}", self.base)
+    }
+
+    /// ClientIP affinity: the same for external traffic, when its pool differs.
+    pub fn external_record_chain(&self) -> String {
+        format!("record-external-{}", self.base)
     }
 
     /// See [`affinity_map`].

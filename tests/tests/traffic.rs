@@ -402,6 +402,42 @@ fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
             let got = answers(ns, Proto::Tcp, vip, 20);
             assert_eq!(names(&got).len(), 1, "from {}: {got:?}", ns.name());
         }
+        // The client's endpoint is recorded per service port, as kube-proxy's
+        // nftables mode does: the externalIP and the NodePort send it to the one its
+        // ClusterIP connections went to.
+        let first = answers(&lab.c.ext, Proto::Tcp, vip, 1);
+        let first = names(&first);
+        for dst in [at(v4("203.0.113.61"), 80), at(NODE_V4, 30060)] {
+            let got = answers(&lab.c.ext, Proto::Tcp, dst, 10);
+            assert_eq!(names(&got), first, "{dst}: {got:?}");
+        }
+    }
+}
+
+#[test]
+fn client_ip_affinity_with_local_policy_sticks_within_the_policys_pool() {
+    for loader in LOADERS {
+        let Some(lab) = Lab::new(loader) else { return };
+        // From outside: one of the local endpoints, the same on every address.
+        let mut seen = BTreeSet::new();
+        for dst in [at(v4("203.0.113.62"), 80), at(NODE_V4, 30062)] {
+            let got = answers(&lab.c.ext, Proto::Tcp, dst, 10);
+            assert_eq!(names(&got).len(), 1, "{dst}: {got:?}");
+            assert!(names(&got).is_subset(&set(&["a1", "a2"])), "{dst}: {got:?}");
+            seen.extend(names(&got).into_iter().map(str::to_string));
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "the externalIP and the NodePort differ: {seen:?}"
+        );
+        // From a pod (short-circuited to the Cluster pool): one endpoint, the same
+        // through the externalIP and the ClusterIP.
+        let client = lab.pod("client");
+        let got = answers(client, Proto::Tcp, at(v4("203.0.113.62"), 80), 10);
+        assert_eq!(names(&got).len(), 1, "{got:?}");
+        let via_cluster_ip = answers(client, Proto::Tcp, at(v4("10.96.0.62"), 80), 10);
+        assert_eq!(names(&via_cluster_ip), names(&got));
     }
 }
 

@@ -6,14 +6,13 @@
 //! every chain before any rule (rules may jump forward), sets and their elements
 //! before the rules that look them up, an anonymous set right before its rule.
 
-use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table};
 
 use super::attr::{Attr, AttrBuf};
 use super::element::{Nests, element_attrs, element_key_attrs};
 use super::error::{Error, Result};
 use super::msg::Message;
-use super::rule::{AnonAddrSet, encode_stmts};
+use super::rule::{AnonSet, encode_stmts, key_expr_type};
 use super::set::{ANON_SET_NAME, SetKind, set_attrs};
 
 /// Element nests per message are capped so that `NFTA_SET_ELEM_LIST_ELEMENTS`, whose
@@ -215,18 +214,12 @@ impl Batch {
         Ok(())
     }
 
-    fn add_anon_set(
-        &mut self,
-        family: Family,
-        table: &str,
-        id: u32,
-        anon: AnonAddrSet,
-    ) -> Result<()> {
-        let set = anon_addr_set(family, &anon.values);
+    fn add_anon_set(&mut self, family: Family, table: &str, id: u32, anon: AnonSet) -> Result<()> {
+        let set = anon_set(family, &anon);
         let elements = element_attrs(&set, &set.elements)?;
-        let kind = SetKind::AnonAddrs {
+        let kind = SetKind::Anon {
             family,
-            field: anon.field,
+            key: anon.key,
             elements: elements.len() as u32,
         };
         self.messages.push(Message::new_set(
@@ -292,13 +285,17 @@ fn encoded(attrs: &[Attr]) -> AttrBuf {
     w
 }
 
-/// The IR set an anonymous `{ address-or-prefix, ... }` list stands for. Like nft, a
-/// list of plain addresses becomes a hash set, anything with a prefix an interval set.
-fn anon_addr_set(family: Family, values: &[IpNet]) -> Set {
-    let interval = values.iter().any(|v| v.prefix_len() != v.max_prefix_len());
+/// The IR set an anonymous list (`{ address-or-prefix, ... }`, `{ tcp, udp }`) stands
+/// for. Like nft, a list of plain values becomes a hash set, a list with a prefix an
+/// interval set.
+fn anon_set(family: Family, anon: &AnonSet) -> Set {
+    let interval = anon
+        .values
+        .iter()
+        .any(|v| matches!(v, KeyValue::Net(net) if net.prefix_len() != net.max_prefix_len()));
     Set {
         name: ANON_SET_NAME.to_string(),
-        key: vec![super::layout::addr_type(family)],
+        key: vec![key_expr_type(family, anon.key)],
         data: None,
         flags: SetFlags {
             interval,
@@ -307,10 +304,11 @@ fn anon_addr_set(family: Family, values: &[IpNet]) -> Set {
         timeout_secs: None,
         comment: None,
         exprs: None,
-        elements: values
+        elements: anon
+            .values
             .iter()
             .map(|v| Element {
-                key: vec![KeyValue::Net(*v)],
+                key: vec![v.clone()],
                 verdict: None,
                 data: Vec::new(),
                 comment: None,
@@ -322,6 +320,7 @@ fn anon_addr_set(family: Family, values: &[IpNet]) -> Set {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::IpNet;
     use svcproxy_compiler::nft::ir::{KeyType, L4Proto, MapData, Verdict};
 
     #[test]

@@ -23,6 +23,20 @@ pub(crate) enum MetaKey {
     L4Proto,
 }
 
+/// What a `ct` expression loads: the connection's state or status bits, or a field
+/// of the tuple of its original direction (the destination as the client sent it,
+/// before any DNAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CtKey {
+    State,
+    Status,
+    OriginalSrcIp,
+    OriginalDstIp,
+    OriginalSrcIp6,
+    OriginalDstIp6,
+    OriginalProtoDst,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CmpOp {
     Eq,
@@ -83,8 +97,8 @@ pub(crate) enum Expr {
     Masq { flags: u32 },
     /// `[ reject type T code C ]`
     Reject { kind: u32, code: u8 },
-    /// `[ ct load state => reg DREG ]`
-    CtState { dreg: u32 },
+    /// `[ ct load KEY => reg DREG ]`, with `, dir original` for the tuple fields.
+    CtLoad { key: CtKey, dreg: u32 },
     /// `[ fib saddr|daddr type => reg DREG ]`
     FibAddrType { flags: u32, dreg: u32 },
     /// `[ dynset update reg_key SREG set SET [sreg_data DATA] ]`: `sreg_data` for maps.
@@ -110,7 +124,7 @@ impl Expr {
             Expr::Dnat { .. } => "nat",
             Expr::Masq { .. } => "masq",
             Expr::Reject { .. } => "reject",
-            Expr::CtState { .. } => "ct",
+            Expr::CtLoad { .. } => "ct",
             Expr::FibAddrType { .. } => "fib",
             Expr::DynsetUpdate { .. } => "dynset",
         }
@@ -218,9 +232,12 @@ impl Expr {
                 w.u32(ex::reject::TYPE, *kind);
                 w.bytes(ex::reject::ICMP_CODE, &[*code]);
             }
-            Expr::CtState { dreg } => {
-                w.u32(ex::ct::KEY, ex::ct::KEY_STATE);
+            Expr::CtLoad { key, dreg } => {
+                w.u32(ex::ct::KEY, key.code());
                 w.u32(ex::ct::DREG, *dreg);
+                if key.original() {
+                    w.bytes(ex::ct::DIRECTION, &[ex::ct::DIR_ORIGINAL]);
+                }
             }
             Expr::FibAddrType { flags, dreg } => {
                 w.u32(ex::fib::FLAGS, *flags);
@@ -334,11 +351,18 @@ impl Expr {
                 },
             },
             "ct" => {
-                let key = a.need_u32(ex::ct::KEY, &what("key"))?;
-                if key != ex::ct::KEY_STATE {
-                    return Err(Error::decode(format!("ct key {key} (only state is used)")));
+                let key = CtKey::from_code(a.need_u32(ex::ct::KEY, &what("key"))?)?;
+                // The kernel reports the direction of the tuple fields (always) and of
+                // no other key svcproxy uses.
+                let direction = a.get(ex::ct::DIRECTION);
+                let expected: Option<&[u8]> = key.original().then_some(&[ex::ct::DIR_ORIGINAL]);
+                if direction != expected {
+                    return Err(Error::decode(format!(
+                        "ct {key:?} with direction {direction:?} (svcproxy reads the tuple fields of the original direction only)"
+                    )));
                 }
-                Expr::CtState {
+                Expr::CtLoad {
+                    key,
                     dreg: a.need_u32(ex::ct::DREG, &what("dreg"))?,
                 }
             }
@@ -411,6 +435,42 @@ impl MetaKey {
             ex::meta::KEY_L4PROTO => Ok(MetaKey::L4Proto),
             other => Err(Error::decode(format!("meta key {other}"))),
         }
+    }
+}
+
+impl CtKey {
+    /// `enum nft_ct_keys`.
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            CtKey::State => ex::ct::KEY_STATE,
+            CtKey::Status => ex::ct::KEY_STATUS,
+            CtKey::OriginalSrcIp => ex::ct::KEY_SRC_IP,
+            CtKey::OriginalDstIp => ex::ct::KEY_DST_IP,
+            CtKey::OriginalSrcIp6 => ex::ct::KEY_SRC_IP6,
+            CtKey::OriginalDstIp6 => ex::ct::KEY_DST_IP6,
+            CtKey::OriginalProtoDst => ex::ct::KEY_PROTO_DST,
+        }
+    }
+
+    fn from_code(code: u32) -> Result<CtKey> {
+        [
+            CtKey::State,
+            CtKey::Status,
+            CtKey::OriginalSrcIp,
+            CtKey::OriginalDstIp,
+            CtKey::OriginalSrcIp6,
+            CtKey::OriginalDstIp6,
+            CtKey::OriginalProtoDst,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+        .ok_or_else(|| Error::decode(format!("ct key {code}")))
+    }
+
+    /// A field of the original direction's tuple: the kernel needs (and reports) the
+    /// direction.
+    fn original(self) -> bool {
+        !matches!(self, CtKey::State | CtKey::Status)
     }
 }
 
@@ -556,7 +616,22 @@ mod tests {
             },
             Expr::Masq { flags: 0x10 },
             Expr::Reject { kind: 0, code: 3 },
-            Expr::CtState { dreg: 1 },
+            Expr::CtLoad {
+                key: CtKey::State,
+                dreg: 1,
+            },
+            Expr::CtLoad {
+                key: CtKey::Status,
+                dreg: 1,
+            },
+            Expr::CtLoad {
+                key: CtKey::OriginalDstIp6,
+                dreg: 2,
+            },
+            Expr::CtLoad {
+                key: CtKey::OriginalProtoDst,
+                dreg: 10,
+            },
             Expr::FibAddrType { flags: 2, dreg: 1 },
             Expr::DynsetUpdate {
                 sreg_key: 1,
@@ -581,6 +656,43 @@ mod tests {
         for expr in exprs {
             round_trip(expr);
         }
+    }
+
+    /// The tuple fields carry the direction (nft sends it, the kernel requires and
+    /// reports it); state and status carry none. Anything else is not svcproxy's.
+    #[test]
+    fn ct_loads_carry_the_direction_of_tuple_fields_only() {
+        let ct = |key: u32, dir: Option<u8>| {
+            let mut w = AttrBuf::new();
+            w.nest(list::ELEM, |w| {
+                w.str(list::EXPR_NAME, "ct");
+                w.nest(list::EXPR_DATA, |w| {
+                    w.u32(ex::ct::KEY, key);
+                    w.u32(ex::ct::DREG, 1);
+                    if let Some(dir) = dir {
+                        w.bytes(ex::ct::DIRECTION, &[dir]);
+                    }
+                });
+            });
+            w.into_bytes()
+        };
+        let decode = |bytes: Vec<u8>| {
+            let outer = Attrs::parse(&bytes).unwrap();
+            Expr::from_attrs(&outer.need_nested(list::ELEM, "elem").unwrap())
+        };
+        assert_eq!(
+            decode(ct(ex::ct::KEY_DST_IP, Some(0))).unwrap(),
+            Expr::CtLoad {
+                key: CtKey::OriginalDstIp,
+                dreg: 1
+            }
+        );
+        // Reply direction, no direction, a direction where none belongs, a key
+        // svcproxy does not use.
+        assert!(decode(ct(ex::ct::KEY_DST_IP, Some(1))).is_err());
+        assert!(decode(ct(ex::ct::KEY_PROTO_DST, None)).is_err());
+        assert!(decode(ct(ex::ct::KEY_STATUS, Some(0))).is_err());
+        assert!(decode(ct(3, None)).is_err());
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use ipnet::IpNet;
 use netlink_packet_netfilter::nftables::NfTablesMessageType;
 use svcproxy_compiler::nft::ir::{
     BaseChain, Chain, ChainType, Family, KeyValue, Rule, Ruleset, Table,
@@ -58,7 +57,7 @@ impl NftSocket {
 
         // Sets first: rules need the anonymous ones to decode their lookups.
         let mut sets = Vec::new();
-        let mut anon_sets: HashMap<String, Vec<IpNet>> = HashMap::new();
+        let mut anon_sets: HashMap<String, Vec<KeyValue>> = HashMap::new();
         for reply in self.dump(&Message::dump_sets(family, name))? {
             let attrs = expect(&reply, NfTablesMessageType::NewSet)?;
             if attrs.string(st::TABLE)?.as_deref() != Some(name) {
@@ -76,15 +75,18 @@ impl NftSocket {
                 elements_to_ir(&info, raw)?
             };
             if info.anonymous() {
+                // Lists of addresses or protocols: one value per element.
                 let values = elements
                     .into_iter()
-                    .map(|e| match e.key.as_slice() {
-                        [KeyValue::Net(net)] => Ok(*net),
-                        _ => Err(Error::decode(format!(
-                            "anonymous set {} is not a set of addresses",
-                            info.name
-                        ))),
-                    })
+                    .map(
+                        |mut e| match (e.key.len(), e.verdict.is_some(), e.data.is_empty()) {
+                            (1, false, true) => Ok(e.key.remove(0)),
+                            _ => Err(Error::decode(format!(
+                                "anonymous set {} is not a list of single values",
+                                info.name
+                            ))),
+                        },
+                    )
                     .collect::<Result<_>>()?;
                 anon_sets.insert(info.name, values);
             } else {
@@ -216,7 +218,7 @@ fn chain_from_attrs(a: &Attrs<'_>) -> Result<Chain> {
 fn rule_from_attrs(
     family: Family,
     a: &Attrs<'_>,
-    anon: &dyn Fn(&str) -> Option<Vec<IpNet>>,
+    anon: &dyn Fn(&str) -> Option<Vec<KeyValue>>,
 ) -> Result<Rule> {
     let mut exprs = Vec::new();
     if let Some(list) = a.nested(ru::EXPRESSIONS)? {

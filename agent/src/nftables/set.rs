@@ -7,23 +7,23 @@ use svcproxy_compiler::nft::ir::{
 use super::attr::{Attr, Attrs};
 use super::error::{Error, Result};
 use super::layout;
-use super::uapi::{data, set as st};
+use super::uapi::{data, expr as ex, set as st};
 use super::udata;
 
 /// Name template of an anonymous set; the kernel replaces `%d`.
 pub(crate) const ANON_SET_NAME: &str = "__set%d";
 
 /// Which kind of set a `NEWSET` creates: a named IR set, or the anonymous set behind a
-/// rule's address list (for which nft records the key expression in userdata).
+/// rule's list (for which nft records the key expression in userdata).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SetKind {
     /// A set of a table of `family` (which names the fields of its `typeof`, if any).
     Named { family: Family },
-    /// `ip saddr { ... }`: an anonymous constant set of `field` addresses (an interval
-    /// set if any of them is a prefix).
-    AnonAddrs {
+    /// `ip saddr { ... }`, `meta l4proto { tcp, udp }`: an anonymous constant set of
+    /// the values of `key` (an interval set if any of them is a prefix).
+    Anon {
         family: Family,
-        field: AddrField,
+        key: KeyExpr,
         elements: u32,
     },
 }
@@ -31,7 +31,7 @@ pub(crate) enum SetKind {
 impl SetKind {
     fn family(self) -> Family {
         match self {
-            SetKind::Named { family } | SetKind::AnonAddrs { family, .. } => family,
+            SetKind::Named { family } | SetKind::Anon { family, .. } => family,
         }
     }
 }
@@ -61,7 +61,7 @@ pub(crate) fn set_attrs(table: &str, set: &Set, id: u32, kind: SetKind) -> Resul
     if set.flags.dynamic {
         flags |= st::F_EVAL;
     }
-    if let SetKind::AnonAddrs { .. } = kind {
+    if let SetKind::Anon { .. } = kind {
         flags |= st::F_ANONYMOUS | st::F_CONSTANT;
     }
 
@@ -99,7 +99,7 @@ pub(crate) fn set_attrs(table: &str, set: &Set, id: u32, kind: SetKind) -> Resul
         attrs.push(Attr::u64(st::TIMEOUT, u64::from(secs) * 1000));
     }
     match kind {
-        SetKind::AnonAddrs { elements, .. } => {
+        SetKind::Anon { elements, .. } => {
             attrs.push(Attr::nested(
                 st::DESC,
                 vec![Attr::u32(st::DESC_SIZE, elements)],
@@ -134,7 +134,16 @@ pub(crate) fn set_attrs(table: &str, set: &Set, id: u32, kind: SetKind) -> Resul
 fn set_userdata(set: &Set, kind: SetKind) -> Result<Vec<u8>> {
     use udata::set as u;
     let mut w = udata::Writer::new();
-    w.put_u32(u::KEYBYTEORDER, byteorder(&set.key))?;
+    let key_byteorder = match kind {
+        // An anonymous set's key is the expression's: `meta l4proto` is a host-order
+        // byte, where the `inet_proto` type has no byte order.
+        SetKind::Anon {
+            key: KeyExpr::L4Proto,
+            ..
+        } => u::BYTEORDER_HOST_ENDIAN,
+        _ => byteorder(&set.key),
+    };
+    w.put_u32(u::KEYBYTEORDER, key_byteorder)?;
     let data_byteorder = match &set.data {
         Some(MapData::Verdict) => Some(u::BYTEORDER_INVALID),
         Some(MapData::Value(types)) => Some(byteorder(types)),
@@ -144,14 +153,12 @@ fn set_userdata(set: &Set, kind: SetKind) -> Result<Vec<u8>> {
         w.put_u32(u::DATABYTEORDER, order)?;
     }
     match (kind, &set.exprs) {
-        (SetKind::AnonAddrs { family, field, .. }, _) => {
+        (SetKind::Anon { family, key, .. }, _) => {
             // Only interval sets have elements for nft to merge.
             if set.flags.interval {
                 w.put_u32(u::MERGE_ELEMENTS, 1)?;
             }
-            w.nest(u::KEY_TYPEOF, |w| {
-                write_typeof_expr(w, family, KeyExpr::Addr(field))
-            })?;
+            w.nest(u::KEY_TYPEOF, |w| write_typeof_expr(w, family, key))?;
         }
         // `typeof ip daddr . numgen random mod 2`: nft records each expression.
         (SetKind::Named { family }, Some(exprs)) => {
@@ -255,7 +262,7 @@ fn write_typeof(w: &mut udata::Writer, family: Family, exprs: &[KeyExpr]) -> Res
 }
 
 /// One expression of a `typeof`: its nft expression type and what nft's
-/// `build_udata` of that type records (`src/payload.c`, `meta.c`, `numgen.c`).
+/// `build_udata` of that type records (`src/payload.c`, `meta.c`, `numgen.c`, `ct.c`).
 fn write_typeof_expr(w: &mut udata::Writer, family: Family, expr: KeyExpr) -> Result<()> {
     use udata::set as u;
     match expr {
@@ -282,7 +289,28 @@ fn write_typeof_expr(w: &mut udata::Writer, family: Family, expr: KeyExpr) -> Re
             })?;
             Ok(())
         }
+        KeyExpr::CtOriginalAddr(field) => {
+            w.put_u32(u::TYPEOF_EXPR, u::EXPR_CT)?;
+            w.nest(u::TYPEOF_DATA, |w| {
+                w.put_u32(u::CT_KEY, ct_addr_key(family, field))?;
+                w.put_u32(u::CT_DIR, u32::from(ex::ct::DIR_ORIGINAL))?;
+                Ok(())
+            })?;
+            Ok(())
+        }
+        // nft 1.0.6 types `ct original proto-dst` only from a protocol match in a rule:
+        // in a `typeof` it declares the component with the invalid type (0) and then
+        // refuses every element ("Can't parse symbolic invalid expressions").
+        KeyExpr::CtOriginalProtoDst => Err(Error::encode(
+            "typeof ct original proto-dst: nft 1.0.6 gives it no type and cannot add \
+             elements to such a set; declare the set with `type ... inet_service`",
+        )),
     }
+}
+
+/// The `enum nft_ct_keys` key of `ct original ip saddr` and friends.
+fn ct_addr_key(family: Family, field: AddrField) -> u32 {
+    crate::nftables::rule::ct_original_addr_key(family, field).code()
 }
 
 fn write_payload(w: &mut udata::Writer, desc: u32, template: u32) -> Result<()> {
@@ -354,6 +382,13 @@ fn parse_typeof_expr(family: Family, expr: u32, data: &[u8]) -> Result<KeyExpr> 
             }
         }
         u::EXPR_META => (field(u::META_KEY)? == u::META_L4PROTO).then_some(KeyExpr::L4Proto),
+        u::EXPR_CT => {
+            let (key, dir) = (field(u::CT_KEY)?, field(u::CT_DIR)?);
+            [AddrField::Saddr, AddrField::Daddr]
+                .into_iter()
+                .find(|f| dir == u32::from(ex::ct::DIR_ORIGINAL) && ct_addr_key(family, *f) == key)
+                .map(KeyExpr::CtOriginalAddr)
+        }
         u::EXPR_NUMGEN => {
             let random = field(u::NUMGEN_TYPE)? == u::NUMGEN_RANDOM;
             let offset = field(u::NUMGEN_OFFSET)?;
@@ -636,5 +671,121 @@ mod tests {
         let bytes = encoded(Family::Ip, &set);
         let attrs = Attrs::parse(&bytes).unwrap();
         assert!(SetInfo::from_attrs(Family::Ip6, &attrs).is_err());
+    }
+
+    /// `typeof` with `ct original` addresses, as nft 1.0.6 sends it (`strace` of `nft
+    /// -f`): `set s { typeof ct original ip daddr . meta l4proto . th dport; }`, the
+    /// IPv6 version, and `map m { typeof ct original ip saddr : ct original ip daddr; }`.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn ct_original_typeof_userdata_is_nfts() {
+        use KeyExpr::{CtOriginalAddr, L4Proto, ThDport};
+        const V4_SET: &str = "000400000000034400040d000000013c001400040c000000010c000414000000010400000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000";
+        const V6_SET: &str = "000400000000034400040d000000013c001400040c000000010c000416000000010400000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000";
+        const V4_MAP: &str = "000402000000010402000000031400040c000000010c000413000000010400000000041400040c000000010c000414000000010400000000060400000000";
+        let service = |family: Family| Set {
+            name: "s".into(),
+            key: vec![
+                layout::addr_type(family),
+                KeyType::InetProto,
+                KeyType::InetService,
+            ],
+            data: None,
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            exprs: Some(SetExprs {
+                key: vec![CtOriginalAddr(AddrField::Daddr), L4Proto, ThDport],
+                data: vec![],
+            }),
+            elements: Vec::new(),
+        };
+        let map = Set {
+            name: "m".into(),
+            key: vec![KeyType::Ipv4Addr],
+            data: Some(MapData::Value(vec![KeyType::Ipv4Addr])),
+            exprs: Some(SetExprs {
+                key: vec![CtOriginalAddr(AddrField::Saddr)],
+                data: vec![CtOriginalAddr(AddrField::Daddr)],
+            }),
+            ..service(Family::Ip)
+        };
+        for (family, set, expected) in [
+            (Family::Ip, service(Family::Ip), V4_SET),
+            (Family::Ip6, service(Family::Ip6), V6_SET),
+            (Family::Ip, map, V4_MAP),
+        ] {
+            let bytes = encoded(family, &set);
+            let attrs = Attrs::parse(&bytes).unwrap();
+            assert_eq!(attrs.get(st::USERDATA), Some(&hex(expected)[..]), "{set:?}");
+            let info = SetInfo::from_attrs(family, &attrs).unwrap();
+            assert_eq!(info.into_ir(Vec::new()), set);
+        }
+    }
+
+    /// nft 1.0.6 declares `typeof ct original proto-dst` with the invalid type and then
+    /// refuses every element: svcproxy refuses the declaration.
+    #[test]
+    fn typeof_ct_original_proto_dst_is_refused() {
+        let set = Set {
+            name: "s".into(),
+            key: vec![KeyType::InetProto, KeyType::InetService],
+            data: None,
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            exprs: Some(SetExprs {
+                key: vec![KeyExpr::L4Proto, KeyExpr::CtOriginalProtoDst],
+                data: vec![],
+            }),
+            elements: Vec::new(),
+        };
+        let err = set_attrs("t", &set, 1, SetKind::Named { family: Family::Ip }).unwrap_err();
+        assert!(err.to_string().contains("proto-dst"), "{err}");
+    }
+
+    /// The anonymous set of `meta l4proto { tcp, udp, sctp }` as nft 1.0.6 sends it:
+    /// flags anonymous and constant, key `inet_proto` of 1 byte, size 3, and userdata
+    /// with a host-order key (the `meta` expression's) typed `meta l4proto`.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn anonymous_protocol_set_is_nfts() {
+        let set = Set {
+            name: ANON_SET_NAME.into(),
+            key: vec![KeyType::InetProto],
+            data: None,
+            flags: SetFlags::default(),
+            timeout_secs: None,
+            comment: None,
+            exprs: None,
+            elements: Vec::new(),
+        };
+        let kind = SetKind::Anon {
+            family: Family::Ip,
+            key: KeyExpr::L4Proto,
+            elements: 3,
+        };
+        let mut w = AttrBuf::new();
+        for attr in set_attrs("t", &set, 9, kind).unwrap() {
+            w.attr(&attr);
+        }
+        let bytes = w.into_bytes();
+        let attrs = Attrs::parse(&bytes).unwrap();
+        assert_eq!(
+            attrs.u32(st::FLAGS).unwrap(),
+            Some(st::F_ANONYMOUS | st::F_CONSTANT)
+        );
+        assert_eq!(attrs.u32(st::KEY_TYPE).unwrap(), Some(12));
+        assert_eq!(attrs.u32(st::KEY_LEN).unwrap(), Some(1));
+        assert_eq!(attrs.u32(st::ID).unwrap(), Some(9));
+        let desc = attrs.need_nested(st::DESC, "desc").unwrap();
+        assert_eq!(desc.u32(st::DESC_SIZE).unwrap(), Some(3));
+        assert_eq!(
+            attrs.get(st::USERDATA),
+            Some(&hex("000401000000030e0004090000000106000410000000")[..])
+        );
+        let info = SetInfo::from_attrs(Family::Ip, &attrs).unwrap();
+        assert!(info.anonymous());
+        assert_eq!(info.exprs.map(|e| e.key), Some(vec![KeyExpr::L4Proto]));
     }
 }

@@ -201,9 +201,21 @@ pub mod expr {
     pub mod ct {
         pub const DREG: u16 = 1;
         pub const KEY: u16 = 2;
+        pub const DIRECTION: u16 = 3;
+        /// `enum nft_ct_keys`.
         pub const KEY_STATE: u32 = 0;
+        pub const KEY_STATUS: u32 = 2;
+        pub const KEY_PROTO_DST: u32 = 12;
+        pub const KEY_SRC_IP: u32 = 19;
+        pub const KEY_DST_IP: u32 = 20;
+        pub const KEY_SRC_IP6: u32 = 21;
+        pub const KEY_DST_IP6: u32 = 22;
+        /// `IP_CT_DIR_ORIGINAL`.
+        pub const DIR_ORIGINAL: u8 = 0;
         /// `NF_CT_STATE_BIT(IP_CT_NEW)`.
         pub const STATE_NEW: u32 = 8;
+        /// `IPS_DST_NAT`: the status bit of `ct status dnat`.
+        pub const STATUS_DNAT: u32 = 0x20;
     }
     pub mod fib {
         pub const DREG: u16 = 1;

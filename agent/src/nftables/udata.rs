@@ -46,6 +46,10 @@ pub mod set {
     pub const NUMGEN_TYPE: u8 = 0;
     pub const NUMGEN_MOD: u8 = 1;
     pub const NUMGEN_OFFSET: u8 = 2;
+    /// Inside a ct expression's `TYPEOF_DATA`: the `enum nft_ct_keys` key and the
+    /// direction.
+    pub const CT_KEY: u8 = 0;
+    pub const CT_DIR: u8 = 1;
 
     /// nft's `enum byteorder`.
     pub const BYTEORDER_INVALID: u32 = 0;
@@ -55,6 +59,7 @@ pub mod set {
     /// nft's `enum expr_types` values for the key expressions it records.
     pub const EXPR_PAYLOAD: u32 = 7;
     pub const EXPR_META: u32 = 9;
+    pub const EXPR_CT: u32 = 12;
     pub const EXPR_CONCAT: u32 = 13;
     pub const EXPR_NUMGEN: u32 = 23;
 

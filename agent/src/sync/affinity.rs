@@ -1,36 +1,42 @@
 //! ClientIP-affinity entries left pointing at endpoints that left.
 //!
 //! Each pool of an affinity service port has one dynamic map from client address to
-//! endpoint (`svcproxy_compiler::nft::layout`), filled by the packet path. When an
-//! endpoint leaves, the rules stop writing it, but the entries already written stay
+//! endpoint (`svcproxy_compiler::nft::layout`), filled by the packet path: a record
+//! chain, reached through a verdict-map element keyed by one of the port's
+//! destinations, writes the endpoint a new connection was DNATed to. When an
+//! endpoint leaves, it leaves the endpoint maps, but the entries already written stay
 //! until they time out (3 hours by default) and keep DNATing those clients to an
 //! address that is gone. (kube-proxy's set per endpoint disappears with its endpoint.)
-//! So after a sync that removed endpoints from such a map's rules, while keeping the
-//! map itself, the syncer dumps that one map and deletes the entries whose datum no
-//! rule writes any more, in a second small transaction. A map that was created again
-//! (a new definition, a replaced table) is empty already.
+//! So after a sync that deleted elements of the endpoint maps, while keeping the
+//! affinity maps, the syncer dumps each affinity map the changed destinations write
+//! and deletes the entries that are no endpoint of any destination writing it, in a
+//! second small transaction. A map that was created again (a new definition, a
+//! replaced table) is empty already.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use svcproxy_compiler::nft::ir::{Chain, Family, KeyValue, Ruleset, Set, Stmt, Table};
+use svcproxy_compiler::nft::ir::{
+    AddrField, Family, KeyExpr, KeyValue, MapData, Ruleset, Set, Stmt, Table, Verdict,
+};
+use svcproxy_compiler::nft::layout::is_endpoint_map;
 
 use crate::nftables::{Changes, Op};
 
-/// One map whose rules stopped writing some data: entries holding anything but
-/// `valid` are stale.
+/// One map whose writers lost some endpoints: entries holding anything but `valid`
+/// are stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleAffinity {
     pub family: Family,
     pub table: String,
     /// The map's definition (no elements).
     pub map: Set,
-    /// The data the rules write now (`address . port`, or one component).
+    /// The data the map may hold now (`address . port`, or one component).
     pub valid: BTreeSet<Vec<KeyValue>>,
 }
 
-/// The data maps kept by `changes` (which turn `before` into `after`) whose writers
-/// lost some data. Only chains the changes rewrite are looked at, so a sync that
-/// touches no affinity rule costs nothing here.
+/// The affinity maps kept by `changes` (which turn `before` into `after`) that lost
+/// some valid data. Only destinations whose endpoint-map elements the changes delete
+/// are looked at, so a sync that removes no endpoint costs nothing here.
 pub fn stale_affinity(before: &Ruleset, after: &Ruleset, changes: &Changes) -> Vec<StaleAffinity> {
     let mut out = Vec::new();
     for table in &after.tables {
@@ -41,19 +47,23 @@ pub fn stale_affinity(before: &Ruleset, after: &Ruleset, changes: &Changes) -> V
         else {
             continue;
         };
-        let mut touched: HashSet<&str> = HashSet::new();
         let mut replaced = false;
+        // The destinations (an endpoint map's key without its bucket) that lost an
+        // element.
+        let mut touched: BTreeSet<&[KeyValue]> = BTreeSet::new();
         for change in changes
             .iter()
             .filter(|c| c.family == table.family && c.table == table.name)
         {
             match &change.op {
                 Op::AddTable(_) | Op::DeleteTable => replaced = true,
-                Op::FlushChain(chain) | Op::DeleteChain(chain) => {
-                    touched.insert(chain);
+                Op::DeleteElements { set, elements } if is_endpoint_map(&set.name) => {
+                    touched.extend(elements.iter().filter_map(destination));
                 }
-                Op::AddRules { chain, .. } => {
-                    touched.insert(chain);
+                Op::DeleteSet(set) if is_endpoint_map(&set.name) => {
+                    if let Some(old) = find_set(old_table, &set.name) {
+                        touched.extend(old.elements.iter().filter_map(destination));
+                    }
                 }
                 _ => {}
             }
@@ -61,30 +71,16 @@ pub fn stale_affinity(before: &Ruleset, after: &Ruleset, changes: &Changes) -> V
         if replaced || touched.is_empty() {
             continue;
         }
-        // What the rewritten chains wrote before, per map.
-        let mut old_data: BTreeMap<&str, BTreeSet<&[KeyValue]>> = BTreeMap::new();
-        for chain in old_table
-            .chains
+        let old_writers = Writers::of(old_table);
+        let maps: BTreeSet<&str> = touched
             .iter()
-            .filter(|c| touched.contains(c.name.as_str()))
-        {
-            for (map, data) in written(chain) {
-                old_data.entry(map).or_default().insert(data);
-            }
-        }
-        if old_data.is_empty() {
+            .flat_map(|key| old_writers.maps_of(key))
+            .collect();
+        if maps.is_empty() {
             continue;
         }
-        // What every chain writes into those maps now.
-        let mut new_data: BTreeMap<&str, BTreeSet<&[KeyValue]>> = BTreeMap::new();
-        for chain in &table.chains {
-            for (map, data) in written(chain) {
-                if old_data.contains_key(map) {
-                    new_data.entry(map).or_default().insert(data);
-                }
-            }
-        }
-        for (map, old) in old_data {
+        let new_writers = Writers::of(table);
+        for map in maps {
             let (Some(now), Some(was)) = (find_set(table, map), find_set(old_table, map)) else {
                 continue;
             };
@@ -92,8 +88,8 @@ pub fn stale_affinity(before: &Ruleset, after: &Ruleset, changes: &Changes) -> V
                 // Deleted and created again by the same transaction: empty.
                 continue;
             }
-            let valid = new_data.remove(map).unwrap_or_default();
-            if old.is_subset(&valid) {
+            let valid = new_writers.valid(table, map);
+            if old_writers.valid(old_table, map).is_subset(&valid) {
                 continue;
             }
             out.push(StaleAffinity {
@@ -103,23 +99,121 @@ pub fn stale_affinity(before: &Ruleset, after: &Ruleset, changes: &Changes) -> V
                     elements: Vec::new(),
                     ..now.clone()
                 },
-                valid: valid.into_iter().map(<[KeyValue]>::to_vec).collect(),
+                valid,
             });
         }
     }
     out
 }
 
-/// `(map, datum)` of every `update @map { … : datum }` in the chain.
-fn written(chain: &Chain) -> impl Iterator<Item = (&str, &[KeyValue])> {
-    chain
-        .rules
+/// An endpoint-map element's destination: its key without the bucket.
+fn destination(element: &svcproxy_compiler::nft::ir::Element) -> Option<&[KeyValue]> {
+    element.key.split_last().map(|(_, key)| key)
+}
+
+/// Which affinity maps each destination writes: a verdict-map element keyed by the
+/// destination goes to a chain whose `update … : ip daddr . th dport` statements
+/// write the endpoint the connection was sent to.
+struct Writers<'a> {
+    by_key: BTreeMap<&'a [KeyValue], Vec<(&'a str, &'a [KeyExpr])>>,
+}
+
+impl<'a> Writers<'a> {
+    fn of(table: &'a Table) -> Writers<'a> {
+        let chains: HashMap<&str, Vec<(&str, &[KeyExpr])>> = table
+            .chains
+            .iter()
+            .filter_map(|chain| {
+                let writes: Vec<(&str, &[KeyExpr])> = chain
+                    .rules
+                    .iter()
+                    .flat_map(|r| &r.stmts)
+                    .filter_map(|stmt| match stmt {
+                        Stmt::UpdateMapFromPacket {
+                            map,
+                            field: AddrField::Saddr,
+                            data,
+                        } => Some((map.as_str(), data.as_slice())),
+                        _ => None,
+                    })
+                    .collect();
+                (!writes.is_empty()).then_some((chain.name.as_str(), writes))
+            })
+            .collect();
+        let mut by_key: BTreeMap<&[KeyValue], Vec<(&str, &[KeyExpr])>> = BTreeMap::new();
+        if chains.is_empty() {
+            return Writers { by_key };
+        }
+        for set in table
+            .sets
+            .iter()
+            .filter(|s| s.data == Some(MapData::Verdict))
+        {
+            for element in &set.elements {
+                let (Some(Verdict::Goto(chain)) | Some(Verdict::Jump(chain))) = &element.verdict
+                else {
+                    continue;
+                };
+                if let Some(writes) = chains.get(chain.as_str()) {
+                    by_key
+                        .entry(element.key.as_slice())
+                        .or_default()
+                        .extend(writes.iter().copied());
+                }
+            }
+        }
+        Writers { by_key }
+    }
+
+    fn maps_of(&self, key: &[KeyValue]) -> impl Iterator<Item = &'a str> + '_ {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(map, _)| *map)
+    }
+
+    /// What `map` may hold: the endpoints of every destination that writes it, as
+    /// its `update` statements write them (`address . port`, the address, the port).
+    fn valid(&self, table: &Table, map: &str) -> BTreeSet<Vec<KeyValue>> {
+        let endpoint_maps: Vec<&Set> = table
+            .sets
+            .iter()
+            .filter(|s| is_endpoint_map(&s.name))
+            .collect();
+        let mut valid = BTreeSet::new();
+        for (key, writes) in &self.by_key {
+            for (_, data) in writes.iter().filter(|(m, _)| *m == map) {
+                for set in &endpoint_maps {
+                    for endpoint in elements_under(set, key) {
+                        let datum: Option<Vec<KeyValue>> = data
+                            .iter()
+                            .map(|expr| match expr {
+                                KeyExpr::Addr(AddrField::Daddr) => endpoint.data.first().cloned(),
+                                KeyExpr::ThDport => endpoint.data.get(1).cloned(),
+                                _ => None,
+                            })
+                            .collect();
+                        valid.extend(datum);
+                    }
+                }
+            }
+        }
+        valid
+    }
+}
+
+/// The elements of a sorted set whose key starts with `prefix`.
+fn elements_under<'s>(
+    set: &'s Set,
+    prefix: &[KeyValue],
+) -> impl Iterator<Item = &'s svcproxy_compiler::nft::ir::Element> {
+    let start = set
+        .elements
+        .partition_point(|e| e.key.get(..prefix.len()).is_some_and(|k| k < prefix));
+    set.elements[start..]
         .iter()
-        .flat_map(|r| &r.stmts)
-        .filter_map(|stmt| match stmt {
-            Stmt::UpdateMap { map, data, .. } => Some((map.as_str(), data.as_slice())),
-            _ => None,
-        })
+        .take_while(move |e| e.key.get(..prefix.len()) == Some(prefix))
 }
 
 fn find_set<'a>(table: &'a Table, name: &str) -> Option<&'a Set> {

@@ -177,6 +177,13 @@ pub enum KeyExpr {
     /// `numgen random mod N`: a random bucket in `0..N` (the random choice of an
     /// endpoint, as the last component of an endpoint map's key).
     Numgen { modulus: u32 },
+    /// `ct original ip daddr` / `ct original ip saddr`: the connection's address as
+    /// the client first sent it, before any DNAT (the family comes from the table).
+    CtOriginalAddr(AddrField),
+    /// `ct original proto-dst`: the connection's destination port before any DNAT.
+    /// nft needs a protocol match earlier in the rule to type it
+    /// ([`Stmt::L4ProtoIn`] of the transport protocols).
+    CtOriginalProtoDst,
 }
 
 /// Comparison operator of a match.
@@ -213,13 +220,18 @@ pub enum Stmt {
         values: Vec<IpNet>,
     },
     /// `ip saddr . ip daddr @hairpin-endpoints`: membership of a concatenated key (two
-    /// or more components) in a named set.
+    /// or more components) in a named set (`!=`: not a member).
     KeyInSet {
         key: Vec<KeyExpr>,
+        op: CmpOp,
         set: String,
     },
     /// `meta l4proto tcp`
     L4Proto(L4Proto),
+    /// `meta l4proto { tcp, udp, sctp }`: one of several protocols (an anonymous set).
+    L4ProtoIn(Vec<L4Proto>),
+    /// `ct status dnat`: the connection's destination was translated.
+    CtStatusDnat,
     /// `tcp dport 80`: protocol-specific destination port (implies the protocol).
     Dport {
         proto: L4Proto,
@@ -247,6 +259,16 @@ pub enum Stmt {
         map: String,
         field: AddrField,
         data: Vec<KeyValue>,
+    },
+    /// `update @map { ip saddr : ip daddr . th dport }`: add or refresh the packet's
+    /// address as a key of a timeout map, with data read from the packet (one
+    /// component per expression). ClientIP affinity records the endpoint a new
+    /// connection was sent to so, in a hook after the DNAT: the endpoint is never a
+    /// constant in a rule, so an endpoint change adds or removes no rule.
+    UpdateMapFromPacket {
+        map: String,
+        field: AddrField,
+        data: Vec<KeyExpr>,
     },
     /// `masquerade fully-random`
     MasqueradeFullyRandom,

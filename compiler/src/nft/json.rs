@@ -174,6 +174,11 @@ fn key_expr_json(family: Family, key: KeyExpr) -> Value {
         KeyExpr::Numgen { modulus } => {
             json!({"numgen": {"mode": "random", "mod": modulus, "offset": 0}})
         }
+        KeyExpr::CtOriginalAddr(field) => {
+            let key = format!("{} {}", family.keyword(), field.keyword());
+            json!({"ct": {"key": key, "dir": "original"}})
+        }
+        KeyExpr::CtOriginalProtoDst => json!({"ct": {"key": "proto-dst", "dir": "original"}}),
     }
 }
 
@@ -199,10 +204,17 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
                 json!({ "set": set }),
             )
         }
-        Stmt::KeyInSet { key, set } => {
-            matches("==", key_json(family, key), json!(format!("@{set}")))
-        }
+        Stmt::KeyInSet { key, op, set } => matches(
+            op_json(*op),
+            key_json(family, key),
+            json!(format!("@{set}")),
+        ),
         Stmt::L4Proto(proto) => matches("==", meta("l4proto"), json!(proto.keyword())),
+        Stmt::L4ProtoIn(protos) => {
+            let set: Vec<&str> = protos.iter().map(|p| p.keyword()).collect();
+            matches("==", meta("l4proto"), json!({ "set": set }))
+        }
+        Stmt::CtStatusDnat => matches("in", json!({"ct": {"key": "status"}}), json!("dnat")),
         Stmt::Dport { proto, port } => {
             matches("==", payload(proto.keyword(), "dport"), json!(port))
         }
@@ -226,7 +238,9 @@ fn stmt_json(family: Family, stmt: &Stmt) -> Vec<Value> {
         // nft 1.0.6 has no JSON form for the map statement: `nft -j list` prints its
         // text form as a string (and warns "stmt ops map have no json callback"), and
         // `nft -j -f` cannot read that back. This is what nft prints.
-        Stmt::UpdateMap { .. } => json!(stmt_text(family, stmt)),
+        Stmt::UpdateMap { .. } | Stmt::UpdateMapFromPacket { .. } => {
+            json!(stmt_text(family, stmt))
+        }
         Stmt::MasqueradeFullyRandom => json!({"masquerade": {"flags": "fully-random"}}),
         Stmt::Dnat { proto, addr, port } => {
             return vec![

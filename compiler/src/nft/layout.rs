@@ -2,9 +2,7 @@
 //!
 //! The layout follows kube-proxy's nftables mode where that costs nothing, so
 //! operators who know it can read ours:
-//! - verdict maps keyed `daddr . l4proto . dport` (`service-ips`) and `l4proto . dport`
-//!   (`service-nodeports`) dispatch a new connection to the chains of a port that has
-//!   its own (ClientIP affinity);
+//! - sets and verdict maps keyed `daddr . l4proto . dport` and `l4proto . dport`;
 //! - `no-endpoint-*` maps reject (no endpoint at all) or drop (none usable here), from
 //!   filter chains, because `reject` is only allowed there; a `firewall-…` chain per
 //!   port with LoadBalancer source ranges;
@@ -19,7 +17,7 @@
 //!   to a chain shared by every port (`cluster-ip-traffic`, `external-traffic`,
 //!   `external-local-traffic`, `nodeport-traffic`, `nodeport-local-traffic`), which
 //!   makes the masquerade and traffic-policy decisions and goes on to a `pick-…`
-//!   chain. (Sets, not `goto` elements of the verdict maps: validation walks every
+//!   chain. (Sets, not `goto` elements of verdict maps: validation walks every
 //!   verdict-map element.) The random choice is one
 //!   rule per endpoint count N present, `dnat ip to ip daddr . meta l4proto . th dport
 //!   . numgen random mod N map @endpoints-N`; the port's endpoints are the elements
@@ -28,11 +26,17 @@
 //!   other port has. No anonymous map either: those made kube-proxy's rule insertion
 //!   quadratic (10,000 services: 199 s against 7.2 s through `nft -f`,
 //!   `shared/notes/ruleset-scaling.md`);
-//! - except with ClientIP affinity: recording the client's endpoint needs it as a
-//!   constant, so such a port keeps per-port chains (`service-…`, `local-…`,
-//!   `external-…`) with a cascade of `numgen random mod (n-i) == 0` rules, each
-//!   recording the client in the pool's dynamic map (`affinity-…`, IPv6 also
-//!   `affinity-port-…`) before its DNAT; a known client is sent back first;
+//! - ClientIP affinity names no endpoint in a rule either. Each pool of such a port
+//!   has a dynamic map from client to endpoint (`affinity-…`, IPv6 also
+//!   `affinity-port-…`); the `pick-…` chains first jump, through a verdict map keyed
+//!   like the pick (`affinity-clients`, ...), to the port's chain for that pool
+//!   (`service-…`, `local-…`), which DNATs a client found in the map. A client not
+//!   found is picked at random like any other. After the DNAT, `affinity-record`
+//!   (filter hooks at priority -90) finds the port's record chain (`record-…`) from
+//!   the connection's original destination (`ct original ip daddr . meta l4proto .
+//!   ct original proto-dst`), which writes the endpoint the packet now goes to (`ip
+//!   daddr . th dport`) into the map. Records are per port and pool, shared by the
+//!   ClusterIP, external IPs and NodePort, as kube-proxy's are;
 //! - the no-endpoint check for locally generated traffic runs after DNAT
 //!   (`filter-output-post-dnat`), so the node's own connections to an externalIP or
 //!   LoadBalancer IP of a Local-policy service without local endpoints are
@@ -59,8 +63,11 @@ pub const TABLE_NAME: &str = "svcproxy";
 // Skeleton chains and sets; every per-service name contains a slash, these never do.
 const CLUSTER_IPS: &str = "cluster-ips";
 const NODEPORT_IPS: &str = "nodeport-ips";
-const SERVICE_IPS: &str = "service-ips";
-const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// ClientIP affinity: the original destination of a new connection after DNAT, to
+/// its port's record chain (`goto` elements), and the chain that looks it up.
+const AFFINITY_RECORDS: &str = "affinity-records";
+const AFFINITY_NODEPORT_RECORDS: &str = "affinity-nodeport-records";
+const AFFINITY_RECORD: &str = "affinity-record";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const FIREWALL_IPS: &str = "firewall-ips";
@@ -88,15 +95,6 @@ const EXTERNAL_TRAFFIC: &str = "external-traffic";
 const EXTERNAL_LOCAL_TRAFFIC: &str = "external-local-traffic";
 const NODEPORT_TRAFFIC: &str = "nodeport-traffic";
 const NODEPORT_LOCAL_TRAFFIC: &str = "nodeport-local-traffic";
-
-/// Where a dispatch key (address . protocol . port, or protocol . NodePort) sends its
-/// traffic.
-enum Dispatch {
-    /// A `goto` element of this verdict map, to the port's own chain.
-    Own(&'static str, String),
-    /// An element of this set, whose rule in `services` goes to a shared chain.
-    Shared(&'static str),
-}
 
 /// The endpoint maps: which key picks from which pool. A service port's elements sit in
 /// the map for its endpoint count N (`endpoints-3`), keyed by the packet's destination
@@ -159,6 +157,17 @@ impl Pick {
         format!("{what} ({count} endpoint{plural})")
     }
 
+    /// The verdict map the pick chain looks the key up in first: `jump` elements to
+    /// the known-client chains of ClientIP-affinity ports.
+    fn clients_map(self) -> &'static str {
+        match self {
+            Pick::Address => "affinity-clients",
+            Pick::AddressCluster => "affinity-cluster-clients",
+            Pick::NodePort => "affinity-nodeport-clients",
+            Pick::NodePortCluster => "affinity-nodeport-cluster-clients",
+        }
+    }
+
     /// The packet's part of the key: its destination, or only the port for NodePorts.
     fn key(self) -> Vec<KeyExpr> {
         match self {
@@ -178,7 +187,27 @@ const SRCNAT: i32 = 100;
 /// The whole ruleset for a plan: one table per family in use.
 pub fn ruleset(plan: &Plan) -> Ruleset {
     Ruleset {
-        tables: plan.families.iter().map(table).collect(),
+        tables: plan
+            .families
+            .iter()
+            .map(|fp| table(fp, fp.ports.iter()))
+            .collect(),
+    }
+}
+
+/// [`ruleset`], consuming the plan: each service port is dropped as soon as its
+/// elements are made, so that the plan (56 MB at 250k endpoints) and the ruleset are
+/// never whole together (`svcproxy compile`'s peak memory).
+pub fn ruleset_owned(plan: Plan) -> Ruleset {
+    Ruleset {
+        tables: plan
+            .families
+            .into_iter()
+            .map(|mut fp| {
+                let ports = std::mem::take(&mut fp.ports);
+                table(&fp, ports.into_iter())
+            })
+            .collect(),
     }
 }
 
@@ -202,17 +231,22 @@ pub fn is_per_service_chain(name: &str) -> bool {
     name.contains('/')
 }
 
-fn table(fp: &FamilyPlan) -> Table {
+fn table<P: std::borrow::Borrow<ServicePortPlan>>(
+    fp: &FamilyPlan,
+    ports: impl Iterator<Item = P>,
+) -> Table {
     let mut t = TableBuilder::new(fp);
     t.skeleton();
-    for port in &fp.ports {
-        t.service_port(port);
+    for port in ports {
+        t.service_port(port.borrow());
     }
     t.finish()
 }
 
 /// A key of an endpoint map (without the bucket) and the endpoints it picks from.
-type EndpointKey<'a> = (Vec<KeyValue>, &'a [Endpoint]);
+/// The endpoints are copied (address and port): the port they come from may be
+/// dropped before the maps are made ([`ruleset_owned`]).
+type EndpointKey = (Vec<KeyValue>, Vec<(IpAddr, u16)>);
 
 /// Accumulates one table. Elements go into sets by name; `finish` sorts them.
 struct TableBuilder<'a> {
@@ -227,7 +261,7 @@ struct TableBuilder<'a> {
     /// count. The maps, their elements and their `pick-…` rules are made at the end,
     /// for the counts present: with the keys sorted first, the elements come out in
     /// their canonical order and need no sort of their own (a tenth of the items).
-    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey<'a>>>,
+    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey>>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -297,17 +331,29 @@ impl<'a> TableBuilder<'a> {
                 })
                 .collect();
         }
+        for pick in Pick::ALL {
+            let key = match pick {
+                Pick::Address | Pick::AddressCluster => dispatch_key.clone(),
+                Pick::NodePort | Pick::NodePortCluster => port_key.clone(),
+            };
+            self.parts.set(
+                pick.clients_map(),
+                key,
+                Some(MapData::Verdict),
+                "ClientIP affinity: known clients of a key to its pool's chain",
+            );
+        }
         self.parts.set(
-            SERVICE_IPS,
+            AFFINITY_RECORDS,
             dispatch_key.clone(),
             Some(MapData::Verdict),
-            "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+            "ClientIP affinity: original destination to its record chain",
         );
         self.parts.set(
-            SERVICE_NODEPORTS,
+            AFFINITY_NODEPORT_RECORDS,
             port_key.clone(),
             Some(MapData::Verdict),
-            "NodePort traffic",
+            "ClientIP affinity: original NodePort to its record chain",
         );
         for (name, comment) in [
             (CLUSTER_IP_PORTS, "ClusterIP traffic to cluster-ip-traffic"),
@@ -388,12 +434,31 @@ impl<'a> TableBuilder<'a> {
             PRE_DNAT,
             vec![new(FIREWALL_CHECK)],
         );
+        // ClientIP affinity records the endpoint a new connection was DNATed to.
+        let record = || {
+            rule(vec![
+                Stmt::CtStateNew,
+                Stmt::CtStatusDnat,
+                jump(AFFINITY_RECORD),
+            ])
+        };
+        self.parts.base(
+            "filter-prerouting-post-dnat",
+            ChainType::Filter,
+            Hook::Prerouting,
+            POST_DNAT,
+            vec![record()],
+        );
         self.parts.base(
             "filter-output-post-dnat",
             ChainType::Filter,
             Hook::Output,
             POST_DNAT,
-            vec![new(SERVICE_ENDPOINTS_CHECK), new(CLUSTER_IPS_CHECK)],
+            vec![
+                new(SERVICE_ENDPOINTS_CHECK),
+                new(CLUSTER_IPS_CHECK),
+                record(),
+            ],
         );
         self.parts.base(
             "nat-prerouting",
@@ -459,6 +524,7 @@ impl<'a> TableBuilder<'a> {
                             KeyExpr::Addr(AddrField::Saddr),
                             KeyExpr::Addr(AddrField::Daddr),
                         ],
+                        op: CmpOp::Eq,
                         set: HAIRPIN_ENDPOINTS.into(),
                     },
                     jump(MARK_FOR_MASQUERADE),
@@ -514,6 +580,7 @@ impl<'a> TableBuilder<'a> {
             rule(vec![
                 Stmt::KeyInSet {
                     key: dispatch_exprs(),
+                    op: CmpOp::Eq,
                     set: set.into(),
                 },
                 goto(chain),
@@ -523,6 +590,7 @@ impl<'a> TableBuilder<'a> {
             rule(vec![
                 Stmt::KeyInSet {
                     key: vec![KeyExpr::L4Proto, KeyExpr::ThDport],
+                    op: CmpOp::Eq,
                     set: set.into(),
                 },
                 goto(chain),
@@ -533,11 +601,6 @@ impl<'a> TableBuilder<'a> {
         self.parts.chain(
             SERVICES,
             vec![
-                // Ports with chains of their own (ClientIP affinity).
-                rule(vec![Stmt::Vmap {
-                    key: dispatch_exprs(),
-                    map: SERVICE_IPS.into(),
-                }]),
                 address_in(CLUSTER_IP_PORTS, CLUSTER_IP_TRAFFIC),
                 address_in(EXTERNAL_PORTS, EXTERNAL_TRAFFIC),
                 address_in(EXTERNAL_LOCAL_PORTS, EXTERNAL_LOCAL_TRAFFIC),
@@ -547,7 +610,6 @@ impl<'a> TableBuilder<'a> {
         self.parts.chain(
             NODEPORT_SERVICES,
             vec![
-                rule(vec![port_lookup(SERVICE_NODEPORTS)]),
                 nodeport_in(NODEPORTS, NODEPORT_TRAFFIC),
                 nodeport_in(NODEPORTS_LOCAL, NODEPORT_LOCAL_TRAFFIC),
             ],
@@ -603,10 +665,55 @@ impl<'a> TableBuilder<'a> {
             "NodePort traffic, Local policy",
             nodeport_local,
         );
-        // Filled at the end, one rule per endpoint count present.
+        // Known clients of affinity ports first; the random picks are added at the
+        // end, one rule per endpoint count present.
         for pick in Pick::ALL {
-            self.parts.chain(pick.chain(), Vec::new());
+            let known = rule(vec![Stmt::Vmap {
+                key: pick.key(),
+                map: pick.clients_map().into(),
+            }]);
+            self.parts.chain(pick.chain(), vec![known]);
         }
+        self.affinity_record_chain();
+    }
+
+    /// `affinity-record`: a new DNATed connection's original destination (address .
+    /// protocol . port, else protocol . NodePort) to its port's record chain. The
+    /// transport protocols are matched first because nft must know the protocol to
+    /// read `ct original proto-dst`. A NodePort is only what is no service address:
+    /// the address keys of the other ports are excluded by their sets.
+    fn affinity_record_chain(&mut self) {
+        let transport = Stmt::L4ProtoIn(vec![L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp]);
+        let original = vec![
+            KeyExpr::CtOriginalAddr(AddrField::Daddr),
+            KeyExpr::L4Proto,
+            KeyExpr::CtOriginalProtoDst,
+        ];
+        let mut nodeport = vec![transport.clone()];
+        for set in [CLUSTER_IP_PORTS, EXTERNAL_PORTS, EXTERNAL_LOCAL_PORTS] {
+            nodeport.push(Stmt::KeyInSet {
+                key: original.clone(),
+                op: CmpOp::Ne,
+                set: set.into(),
+            });
+        }
+        nodeport.push(Stmt::Vmap {
+            key: vec![KeyExpr::L4Proto, KeyExpr::CtOriginalProtoDst],
+            map: AFFINITY_NODEPORT_RECORDS.into(),
+        });
+        self.parts.chain(
+            AFFINITY_RECORD,
+            vec![
+                rule(vec![
+                    transport,
+                    Stmt::Vmap {
+                        key: original,
+                        map: AFFINITY_RECORDS.into(),
+                    },
+                ]),
+                rule(nodeport),
+            ],
+        );
     }
 
     fn shared_chain(&mut self, name: &str, comment: &str, rules: Vec<Rule>) {
@@ -667,14 +774,14 @@ impl<'a> TableBuilder<'a> {
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut elements = Vec::with_capacity(keys.len() * count as usize);
             for (key, endpoints) in keys {
-                for (i, endpoint) in (0..count).zip(endpoints) {
+                for (i, (ip, port)) in (0..count).zip(endpoints) {
                     let mut k = Vec::with_capacity(key.len() + 1);
                     k.extend(key.iter().cloned());
                     k.push(KeyValue::Int(i));
                     elements.push(Element {
                         key: k,
                         verdict: None,
-                        data: vec![net(endpoint.ip), KeyValue::Port(endpoint.port)],
+                        data: vec![net(ip), KeyValue::Port(port)],
                         comment: None,
                     });
                 }
@@ -720,7 +827,7 @@ impl<'a> TableBuilder<'a> {
 
     /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count
     /// (the elements are made by [`Self::endpoint_maps_and_rules`]).
-    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &'a [Endpoint]) {
+    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &[Endpoint]) {
         let Ok(count) = u32::try_from(endpoints.len()) else {
             return;
         };
@@ -730,26 +837,17 @@ impl<'a> TableBuilder<'a> {
         self.endpoint_maps
             .entry((pick, count))
             .or_default()
-            .push((key, endpoints));
+            .push((key, endpoints.iter().map(|e| (e.ip, e.port)).collect()));
     }
 
     // ----- one service port -----
 
-    fn dispatch_element(&mut self, key: Vec<KeyValue>, to: &Dispatch) {
-        match to {
-            Dispatch::Own(map, chain) => {
-                self.parts
-                    .element(map, key, Some(Verdict::Goto(chain.clone())), None)
-            }
-            Dispatch::Shared(set) => self.parts.element(set, key, None, None),
-        }
-    }
-
-    /// A service port's elements (and, with ClientIP affinity, its chains). Without
-    /// affinity it dispatches to the shared chains and its endpoints are elements of
-    /// the endpoint maps; with affinity it keeps kube-proxy's per-port chains, because
-    /// recording the client's choice needs the chosen endpoint as a constant.
-    fn service_port(&mut self, sp: &'a ServicePortPlan) {
+    /// A service port's elements, and with ClientIP affinity its small chains. Every
+    /// port dispatches to the shared chains and its endpoints are elements of the
+    /// endpoint maps; affinity adds a known-client check before the random pick and
+    /// a record after the DNAT, neither of which names an endpoint (see
+    /// [`Self::affinity`]).
+    fn service_port(&mut self, sp: &ServicePortPlan) {
         let id = &sp.id;
         let proto = id.protocol;
         // Only ports without endpoints, firewalls and affinity chains use the comment
@@ -759,31 +857,15 @@ impl<'a> TableBuilder<'a> {
             Disposition::Reject => Verdict::Goto(REJECT_CHAIN.into()),
             Disposition::Drop | Disposition::Forward(_) => Verdict::Drop,
         };
-        let own_chains = sp.affinity_timeout.is_some();
         let port_names = LazyCell::new(|| names::PortNames::new(id));
-        let pool_chain = |pool: Pool| match pool {
-            Pool::Cluster => port_names.service_chain(),
-            Pool::Local => port_names.local_chain(),
-        };
+        let affinity = sp
+            .affinity_timeout
+            .map(|timeout| self.affinity(sp, &port_names, timeout));
         let policy_local = sp.external.as_ref().is_some_and(|e| e.policy_local);
-        // Where a key's traffic goes: a `goto` element of the verdict map to the port's
-        // own chain, or an element of the set that sends it to a shared chain.
-        let (external_to, nodeport_to) = if own_chains {
-            let chain = port_names.external_chain();
-            (
-                Dispatch::Own(SERVICE_IPS, chain.clone()),
-                Dispatch::Own(SERVICE_NODEPORTS, chain),
-            )
-        } else if policy_local {
-            (
-                Dispatch::Shared(EXTERNAL_LOCAL_PORTS),
-                Dispatch::Shared(NODEPORTS_LOCAL),
-            )
+        let (external_set, nodeport_set) = if policy_local {
+            (EXTERNAL_LOCAL_PORTS, NODEPORTS_LOCAL)
         } else {
-            (
-                Dispatch::Shared(EXTERNAL_PORTS),
-                Dispatch::Shared(NODEPORTS),
-            )
+            (EXTERNAL_PORTS, NODEPORTS)
         };
 
         self.parts
@@ -793,17 +875,17 @@ impl<'a> TableBuilder<'a> {
         // ClusterIP traffic.
         match sp.internal {
             Disposition::Forward(pool) => {
-                let to = if own_chains {
-                    Dispatch::Own(SERVICE_IPS, pool_chain(pool))
-                } else {
-                    self.endpoint_elements(
-                        Pick::Address,
-                        dispatch(sp.cluster_ip),
-                        sp.endpoints(pool),
+                let key = dispatch(sp.cluster_ip);
+                self.pick_from(Pick::Address, &key, sp, pool, affinity.as_ref());
+                if let Some(affinity) = &affinity {
+                    self.parts.element(
+                        AFFINITY_RECORDS,
+                        key.clone(),
+                        Some(Verdict::Goto(affinity.record_chain.clone())),
+                        None,
                     );
-                    Dispatch::Shared(CLUSTER_IP_PORTS)
-                };
-                self.dispatch_element(dispatch(sp.cluster_ip), &to);
+                }
+                self.parts.element(CLUSTER_IP_PORTS, key, None, None);
             }
             other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
@@ -816,32 +898,41 @@ impl<'a> TableBuilder<'a> {
         // External traffic: externalIPs, LoadBalancer IPs, the NodePort.
         if let Some(external) = &sp.external {
             let forwards = matches!(external.disposition, Disposition::Forward(_));
-            // Without own chains, the pools of the external keys are map elements: the
-            // policy's pool, and for Local policy the Cluster pool of the short-circuits.
-            let shared_pools = |pick: Pick, cluster: Pick| {
+            // The pools of the external keys: the policy's, and for Local policy the
+            // Cluster pool of the short-circuits.
+            let pools = |pick: Pick, cluster: Pick| {
                 let mut pools = Vec::new();
-                if !own_chains && sp.has_endpoints {
+                if sp.has_endpoints {
                     if let Disposition::Forward(pool) = external.disposition {
-                        pools.push((pick, sp.endpoints(pool)));
+                        pools.push((pick, pool));
                     }
                     if external.policy_local {
-                        pools.push((cluster, sp.endpoints(Pool::Cluster)));
+                        pools.push((cluster, Pool::Cluster));
                     }
                 }
                 pools
             };
+            let record = affinity
+                .as_ref()
+                .filter(|_| forwards)
+                .map(|a| Verdict::Goto(a.external_record_chain.clone()));
             let external_ips = sp.external_ips.iter().chain(&sp.load_balancer_ips);
             for ip in external_ips {
+                let key = dispatch(*ip);
                 if sp.has_endpoints {
-                    self.dispatch_element(dispatch(*ip), &external_to);
+                    self.parts.element(external_set, key.clone(), None, None);
                 }
-                for (pick, endpoints) in shared_pools(Pick::Address, Pick::AddressCluster) {
-                    self.endpoint_elements(pick, dispatch(*ip), endpoints);
+                for (pick, pool) in pools(Pick::Address, Pick::AddressCluster) {
+                    self.pick_from(pick, &key, sp, pool, affinity.as_ref());
+                }
+                if let Some(record) = &record {
+                    self.parts
+                        .element(AFFINITY_RECORDS, key.clone(), Some(record.clone()), None);
                 }
                 if !forwards {
                     self.parts.element(
                         NO_ENDPOINT_SERVICES,
-                        dispatch(*ip),
+                        key,
                         Some(reject_or_drop(external.disposition)),
                         comment(),
                     );
@@ -870,10 +961,18 @@ impl<'a> TableBuilder<'a> {
             if let Some(node_port) = sp.node_port {
                 let key = vec![KeyValue::Proto(proto), KeyValue::Port(node_port)];
                 if sp.has_endpoints {
-                    self.dispatch_element(key.clone(), &nodeport_to);
+                    self.parts.element(nodeport_set, key.clone(), None, None);
                 }
-                for (pick, endpoints) in shared_pools(Pick::NodePort, Pick::NodePortCluster) {
-                    self.endpoint_elements(pick, key.clone(), endpoints);
+                for (pick, pool) in pools(Pick::NodePort, Pick::NodePortCluster) {
+                    self.pick_from(pick, &key, sp, pool, affinity.as_ref());
+                }
+                if let Some(record) = &record {
+                    self.parts.element(
+                        AFFINITY_NODEPORT_RECORDS,
+                        key.clone(),
+                        Some(record.clone()),
+                        None,
+                    );
                 }
                 if !forwards {
                     self.parts.element(
@@ -884,47 +983,144 @@ impl<'a> TableBuilder<'a> {
                     );
                 }
             }
-            if own_chains && sp.has_endpoints {
-                let mut rules = if external.policy_local {
-                    self.local_policy_rules(&port_names.service_chain())
-                } else {
-                    // The endpoint may be on another node: masquerade so replies
-                    // come back through this one.
-                    vec![rule(vec![jump(MARK_FOR_MASQUERADE)])]
-                };
-                if let Disposition::Forward(pool) = external.disposition {
-                    rules.push(rule(vec![goto(&pool_chain(pool))]));
-                }
-                self.parts.chain(&port_names.external_chain(), rules);
-            }
         }
 
         for endpoint in sp.reachable_endpoints() {
             self.hairpin.push(endpoint.ip);
         }
-        let Some(timeout) = sp.affinity_timeout else {
-            return;
+    }
+
+    /// The key picks from `pool`: its endpoints become elements of `pick`'s endpoint
+    /// map, and with affinity a known client is sent back first (a `jump` element of
+    /// the pick's clients map to the pool's known-client chain).
+    fn pick_from(
+        &mut self,
+        pick: Pick,
+        key: &[KeyValue],
+        sp: &ServicePortPlan,
+        pool: Pool,
+        affinity: Option<&Affinity>,
+    ) {
+        self.endpoint_elements(pick, key.to_vec(), sp.endpoints(pool));
+        let known = affinity.and_then(|a| match pool {
+            Pool::Cluster => a.cluster_chain.as_ref(),
+            Pool::Local => a.local_chain.as_ref(),
+        });
+        if let Some(chain) = known {
+            self.parts.element(
+                pick.clients_map(),
+                key.to_vec(),
+                Some(Verdict::Jump(chain.clone())),
+                None,
+            );
+        }
+    }
+
+    /// ClientIP affinity of one service port, without naming an endpoint in any rule
+    /// (so that an endpoint change stays an element change):
+    /// - each pool the port uses has a dynamic map from client address to endpoint
+    ///   (`affinity-…`, `affinity-local-…`) and a chain (`service-…`, `local-…`)
+    ///   that DNATs a client found in it; the `pick-…` chains jump there (through
+    ///   their clients map) before the random pick, and a client not found returns
+    ///   to the random pick;
+    /// - after the DNAT, in `affinity-record` (filter hooks after dstnat), the
+    ///   connection's original destination finds the port's record chain, which
+    ///   writes the endpoint the packet now goes to, `ip daddr . th dport`, into the
+    ///   map of the pool that was used. A known client's new connection writes the
+    ///   same endpoint again, which refreshes the entry's timeout as kube-proxy's
+    ///   `update` does.
+    ///
+    /// Entries pointing at an endpoint that left are deleted by the agent in the same
+    /// sync (`agent/src/sync/affinity.rs`).
+    fn affinity(
+        &mut self,
+        sp: &ServicePortPlan,
+        port_names: &names::PortNames,
+        timeout: u32,
+    ) -> Affinity {
+        let id = &sp.id;
+        let mut maps = |pool: Pool| -> Option<AffinityMaps> {
+            sp.uses_pool(pool)
+                .then(|| self.affinity_maps(id, pool, timeout))
         };
-        // ClientIP affinity: the pool chains pick an endpoint, record it for the
-        // client and DNAT to it.
-        for pool in [Pool::Cluster, Pool::Local] {
-            if !sp.uses_pool(pool) {
-                continue;
-            }
-            let endpoints = sp.endpoints(pool);
-            // The masquerade rule, the known-client rule, one rule per endpoint.
-            let mut rules = Vec::with_capacity(2 + endpoints.len());
-            if sp.internal == Disposition::Forward(pool) {
-                if let Some(masq) = self.masquerade_rule(sp) {
-                    rules.push(masq);
+        let cluster = maps(Pool::Cluster);
+        let local = maps(Pool::Local);
+        let mut known_chain = |pool: Pool, maps: &Option<AffinityMaps>| {
+            let maps = maps.as_ref()?;
+            let chain = match pool {
+                Pool::Cluster => port_names.service_chain(),
+                Pool::Local => port_names.local_chain(),
+            };
+            let known = Stmt::DnatFromMap {
+                proto: id.protocol,
+                field: AddrField::Saddr,
+                map: maps.map.clone(),
+                port_map: maps.port_map.clone(),
+            };
+            self.parts.chain(&chain, vec![rule(vec![known])]);
+            Some(chain)
+        };
+        let cluster_chain = known_chain(Pool::Cluster, &cluster);
+        let local_chain = known_chain(Pool::Local, &local);
+
+        // The ClusterIP's record chain writes the map of the pool ClusterIP traffic
+        // uses; external traffic's may differ (Local policy, or Local internal policy).
+        let record_chain = port_names.record_chain();
+        let internal_maps = match sp.internal {
+            Disposition::Forward(Pool::Local) => local.as_ref(),
+            _ => cluster.as_ref(),
+        };
+        let internal_record = record(internal_maps);
+        let rules = if internal_record.is_empty() {
+            Vec::new()
+        } else {
+            vec![rule(internal_record)]
+        };
+        self.parts.chain(&record_chain, rules);
+        let external = sp.external.as_ref();
+        let external_policy_local = external.is_some_and(|e| e.policy_local);
+        let same =
+            !external_policy_local && !matches!(sp.internal, Disposition::Forward(Pool::Local));
+        let external_record_chain = if external.is_none() || same {
+            record_chain.clone()
+        } else {
+            let chain = port_names.external_record_chain();
+            let mut rules = Vec::new();
+            if external_policy_local {
+                // The short-circuits of the Local policy use the Cluster pool: the
+                // same conditions as `local_policy_rules`, which this hook sees
+                // unchanged (DNAT changed the destination only).
+                let mut cluster_record = record(cluster.as_ref());
+                cluster_record.push(Stmt::Verdict(Verdict::Return));
+                if !self.fp.cluster_cidrs.is_empty() {
+                    let mut stmts = vec![addr_match(
+                        AddrField::Saddr,
+                        CmpOp::Eq,
+                        &self.fp.cluster_cidrs,
+                    )];
+                    stmts.extend(cluster_record.iter().cloned());
+                    rules.push(rule(stmts));
                 }
+                let mut stmts = vec![Stmt::FibAddrTypeLocal(AddrField::Saddr)];
+                stmts.extend(cluster_record);
+                rules.push(rule(stmts));
+                rules.push(rule(record(local.as_ref())));
+            } else {
+                rules.push(rule(record(cluster.as_ref())));
             }
-            let maps = self.affinity_maps(id, pool, timeout);
-            if let Some(first) = endpoints.first() {
-                rules.push(known_client(id.protocol, &maps, first));
-            }
-            rules.extend(random_choice(sp, endpoints, &maps));
-            self.parts.chain(&pool_chain(pool), rules);
+            rules.retain(|r| {
+                r.stmts
+                    .iter()
+                    .any(|s| matches!(s, Stmt::UpdateMapFromPacket { .. }))
+            });
+            self.parts.chain(&chain, rules);
+            chain
+        };
+        Affinity {
+            cluster_chain,
+            local_chain,
+            record_chain,
+            external_record_chain,
         }
     }
 
@@ -969,32 +1165,6 @@ impl<'a> TableBuilder<'a> {
             elements: Vec::new(),
         });
     }
-
-    /// The masquerade rule of the ClusterIP path. It names the ClusterIP and port
-    /// because the same chain also serves external traffic, which is marked (or
-    /// deliberately not) in the external chain.
-    fn masquerade_rule(&self, sp: &ServicePortPlan) -> Option<Rule> {
-        let mut stmts = vec![
-            Stmt::Addr {
-                field: AddrField::Daddr,
-                op: CmpOp::Eq,
-                value: IpNet::from(sp.cluster_ip),
-            },
-            Stmt::Dport {
-                proto: sp.id.protocol,
-                port: sp.port,
-            },
-        ];
-        match &sp.internal_masquerade {
-            Masquerade::All => {}
-            Masquerade::NotFrom(cidrs) => {
-                stmts.push(addr_match(AddrField::Saddr, CmpOp::Ne, cidrs))
-            }
-            Masquerade::Never => return None,
-        }
-        stmts.push(jump(MARK_FOR_MASQUERADE));
-        Some(rule(stmts))
-    }
 }
 
 /// The affinity map(s) of one pool, as [`TableBuilder::affinity_maps`] declared them.
@@ -1003,92 +1173,38 @@ struct AffinityMaps {
     port_map: Option<String>,
 }
 
-/// The rule that sends a client known to the affinity map(s) back to its endpoint:
-/// `ip saddr @m update @m { ip saddr : E } meta l4proto tcp dnat ip to ip saddr map @m`.
-/// An unknown client misses the membership check and goes on to the random choice.
-/// The `update` refreshes the entry's timeout, as kube-proxy's per-endpoint `update`
-/// does on every new connection; it leaves the datum of an existing entry alone, so
-/// `E` (the pool's first endpoint) only lands in the map if the entry expired between
-/// the check and the update, and then names a valid endpoint. (nft 1.0.6 cannot write
-/// the datum as the map lookup itself: `{ ip saddr : ip saddr map @m }` is a syntax
-/// error.)
-fn known_client(proto: L4Proto, maps: &AffinityMaps, first: &Endpoint) -> Rule {
-    let mut stmts = vec![Stmt::AddrInSet {
-        field: AddrField::Saddr,
-        op: CmpOp::Eq,
-        set: maps.map.clone(),
-    }];
-    if let Some(port_map) = &maps.port_map {
-        stmts.push(Stmt::AddrInSet {
-            field: AddrField::Saddr,
-            op: CmpOp::Eq,
-            set: port_map.clone(),
-        });
-    }
-    stmts.extend(record(maps, first));
-    stmts.push(Stmt::DnatFromMap {
-        proto,
-        field: AddrField::Saddr,
-        map: maps.map.clone(),
-        port_map: maps.port_map.clone(),
-    });
-    rule(stmts)
+/// The chains of one affinity port ([`TableBuilder::affinity`]): known-client chains
+/// per pool used, and the record chains of ClusterIP and of external traffic (the
+/// same chain when both use the same pool).
+struct Affinity {
+    cluster_chain: Option<String>,
+    local_chain: Option<String>,
+    record_chain: String,
+    external_record_chain: String,
 }
 
-/// `update @m { ip saddr : ENDPOINT . PORT }` (IPv6: the address and the port into
-/// their two maps).
-fn record(maps: &AffinityMaps, endpoint: &Endpoint) -> Vec<Stmt> {
-    let addr = net(endpoint.ip);
-    let port = KeyValue::Port(endpoint.port);
+/// `update @m { ip saddr : ip daddr . th dport }`: the client's endpoint, read from
+/// the packet after DNAT, into the pool's map (IPv6: the address and the port into
+/// their two maps). Nothing for a pool without maps (no endpoints).
+fn record(maps: Option<&AffinityMaps>) -> Vec<Stmt> {
+    let Some(maps) = maps else {
+        return Vec::new();
+    };
+    let update = |map: &str, data: Vec<KeyExpr>| Stmt::UpdateMapFromPacket {
+        map: map.to_string(),
+        field: AddrField::Saddr,
+        data,
+    };
     match &maps.port_map {
-        None => vec![Stmt::UpdateMap {
-            map: maps.map.clone(),
-            field: AddrField::Saddr,
-            data: vec![addr, port],
-        }],
+        None => vec![update(
+            &maps.map,
+            vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
+        )],
         Some(port_map) => vec![
-            Stmt::UpdateMap {
-                map: maps.map.clone(),
-                field: AddrField::Saddr,
-                data: vec![addr],
-            },
-            Stmt::UpdateMap {
-                map: port_map.clone(),
-                field: AddrField::Saddr,
-                data: vec![port],
-            },
+            update(&maps.map, vec![KeyExpr::Addr(AddrField::Daddr)]),
+            update(port_map, vec![KeyExpr::ThDport]),
         ],
     }
-}
-
-/// Uniform random choice without an anonymous map: rule i (0-based) of n takes the
-/// connection with probability 1/(n-i), so every endpoint gets 1/n; the last rule
-/// takes what is left. Each rule records the client's choice in the pool's affinity
-/// map(s), then DNATs to its endpoint itself (no chain per endpoint). Only ports with
-/// ClientIP affinity choose so; the others use the endpoint maps.
-fn random_choice(sp: &ServicePortPlan, endpoints: &[Endpoint], maps: &AffinityMaps) -> Vec<Rule> {
-    let id = &sp.id;
-    let n = endpoints.len();
-    endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, endpoint)| {
-            let mut stmts = Vec::new();
-            if i + 1 < n {
-                stmts.push(Stmt::NumgenRandomEq {
-                    modulus: (n - i) as u32,
-                    value: 0,
-                });
-            }
-            stmts.extend(record(maps, endpoint));
-            stmts.push(Stmt::Dnat {
-                proto: id.protocol,
-                addr: endpoint.ip,
-                port: endpoint.port,
-            });
-            rule(stmts)
-        })
-        .collect()
 }
 
 /// nft refuses comments longer than 128 characters; a service port's name can reach

@@ -9,4 +9,4 @@ pub mod layout;
 pub mod text;
 
 pub use fragment::fragment;
-pub use layout::{TABLE_NAME, is_per_service_chain, ruleset};
+pub use layout::{TABLE_NAME, is_per_service_chain, ruleset, ruleset_owned};

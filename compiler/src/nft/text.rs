@@ -144,8 +144,15 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
                 list.join(", ")
             )
         }
-        Stmt::KeyInSet { key, set } => format!("{} @{set}", key_text(family, key)),
+        Stmt::KeyInSet { key, op, set } => {
+            format!("{} {}@{set}", key_text(family, key), op_text(*op))
+        }
         Stmt::L4Proto(proto) => format!("meta l4proto {}", proto.keyword()),
+        Stmt::L4ProtoIn(protos) => {
+            let list: Vec<&str> = protos.iter().map(|p| p.keyword()).collect();
+            format!("meta l4proto {{ {} }}", list.join(", "))
+        }
+        Stmt::CtStatusDnat => "ct status dnat".into(),
         Stmt::Dport { proto, port } => format!("{} dport {port}", proto.keyword()),
         Stmt::FibAddrTypeLocal(field) => format!("fib {} type local", field.keyword()),
         Stmt::MarkBitsClear(bits) => format!("meta mark & {} == 0x00000000", hex(*bits)),
@@ -162,6 +169,11 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
                 data.join(" . ")
             )
         }
+        Stmt::UpdateMapFromPacket { map, field, data } => format!(
+            "update @{map} {{ {fam} {} : {} }}",
+            field.keyword(),
+            key_text(family, data)
+        ),
         Stmt::MasqueradeFullyRandom => "masquerade fully-random".into(),
         Stmt::Dnat { proto, addr, port } => match addr {
             std::net::IpAddr::V4(v4) => {
@@ -196,8 +208,9 @@ pub fn stmt_text(family: Family, stmt: &Stmt) -> String {
     }
 }
 
-/// `ip daddr . meta l4proto . th dport`
-fn key_text(family: Family, key: &[KeyExpr]) -> String {
+/// `ip daddr . meta l4proto . th dport`: a (concatenated) key as rules and `typeof`
+/// declarations write it.
+pub fn key_text(family: Family, key: &[KeyExpr]) -> String {
     let parts: Vec<String> = key.iter().map(|k| key_expr_text(family, *k)).collect();
     parts.join(" . ")
 }
@@ -208,6 +221,10 @@ fn key_expr_text(family: Family, key: KeyExpr) -> String {
         KeyExpr::L4Proto => "meta l4proto".into(),
         KeyExpr::ThDport => "th dport".into(),
         KeyExpr::Numgen { modulus } => format!("numgen random mod {modulus}"),
+        KeyExpr::CtOriginalAddr(field) => {
+            format!("ct original {} {}", family.keyword(), field.keyword())
+        }
+        KeyExpr::CtOriginalProtoDst => "ct original proto-dst".into(),
     }
 }
 

@@ -357,11 +357,28 @@ pub(crate) fn sets_used(rule: &Rule) -> impl Iterator<Item = &str> {
     rule.stmts.iter().flat_map(|stmt| {
         let (first, second) = match stmt {
             Stmt::AddrInSet { set, .. } | Stmt::KeyInSet { set, .. } => (Some(set), None),
-            Stmt::Vmap { map, .. } | Stmt::UpdateMap { map, .. } | Stmt::DnatMap { map, .. } => {
-                (Some(map), None)
-            }
+            Stmt::Vmap { map, .. }
+            | Stmt::UpdateMap { map, .. }
+            | Stmt::UpdateMapFromPacket { map, .. }
+            | Stmt::DnatMap { map, .. } => (Some(map), None),
             Stmt::DnatFromMap { map, port_map, .. } => (Some(map), port_map.as_ref()),
-            _ => (None, None),
+            // Listed so that a new statement cannot be forgotten here.
+            Stmt::CtStateNew
+            | Stmt::Addr { .. }
+            | Stmt::AddrInList { .. }
+            | Stmt::L4Proto(_)
+            | Stmt::L4ProtoIn(_)
+            | Stmt::CtStatusDnat
+            | Stmt::Dport { .. }
+            | Stmt::FibAddrTypeLocal(_)
+            | Stmt::MarkBitsClear(_)
+            | Stmt::NumgenRandomEq { .. }
+            | Stmt::MarkSetOr(_)
+            | Stmt::MarkSetXor(_)
+            | Stmt::MasqueradeFullyRandom
+            | Stmt::Dnat { .. }
+            | Stmt::Reject
+            | Stmt::Verdict(_) => (None, None),
         };
         first.into_iter().chain(second).map(String::as_str)
     })
@@ -417,6 +434,35 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Element-only affinity's record rule updates its maps from the packet: the diff
+    /// must order it against them like any other user of a set.
+    #[test]
+    fn updates_from_the_packet_use_their_map() {
+        use svcproxy_compiler::nft::ir::{AddrField, CmpOp, KeyExpr, L4Proto};
+        let rule = Rule {
+            stmts: vec![
+                Stmt::L4ProtoIn(vec![L4Proto::Tcp, L4Proto::Udp]),
+                Stmt::KeyInSet {
+                    key: vec![KeyExpr::CtOriginalAddr(AddrField::Daddr), KeyExpr::ThDport],
+                    op: CmpOp::Ne,
+                    set: "live".into(),
+                },
+                Stmt::UpdateMapFromPacket {
+                    map: "a".into(),
+                    field: AddrField::Saddr,
+                    data: vec![KeyExpr::Addr(AddrField::Daddr)],
+                },
+                Stmt::UpdateMapFromPacket {
+                    map: "p".into(),
+                    field: AddrField::Saddr,
+                    data: vec![KeyExpr::ThDport],
+                },
+            ],
+            comment: None,
+        };
+        assert_eq!(sets_used(&rule).collect::<Vec<_>>(), ["live", "a", "p"]);
     }
 
     /// The two-thread comparison of large tables says what `==` says, wherever the

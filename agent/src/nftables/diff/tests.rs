@@ -660,3 +660,74 @@ fn elements_are_matched_by_key_in_any_order() {
         ]
     );
 }
+
+/// Element-only affinity's objects in plan text: the compiler's words for `ct
+/// original` keys, protocol lists, negated lookups and updates from the packet.
+#[test]
+fn text_of_element_only_affinity() {
+    let empty = Table {
+        family: Family::Ip,
+        name: "svcproxy".into(),
+        comment: None,
+        sets: Vec::new(),
+        chains: Vec::new(),
+    };
+    let original = vec![
+        KeyExpr::CtOriginalAddr(AddrField::Daddr),
+        KeyExpr::L4Proto,
+        KeyExpr::CtOriginalProtoDst,
+    ];
+    let mut b = empty.clone();
+    b.sets.push(Set {
+        exprs: Some(SetExprs {
+            key: vec![
+                KeyExpr::CtOriginalAddr(AddrField::Daddr),
+                KeyExpr::L4Proto,
+                KeyExpr::ThDport,
+            ],
+            data: Vec::new(),
+        }),
+        data: None,
+        ..map("sticky", Vec::new())
+    });
+    b.sets.push(Set {
+        key: vec![KeyType::Ipv4Addr],
+        data: Some(MapData::Value(vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetService,
+        ])),
+        flags: SetFlags {
+            dynamic: true,
+            timeout: true,
+            interval: false,
+        },
+        timeout_secs: Some(10800),
+        ..map("a", Vec::new())
+    });
+    b.chains.push(chain(
+        "rec",
+        vec![rule(vec![
+            Stmt::CtStateNew,
+            Stmt::CtStatusDnat,
+            Stmt::L4ProtoIn(vec![L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp]),
+            Stmt::KeyInSet {
+                key: original,
+                op: svcproxy_compiler::nft::ir::CmpOp::Ne,
+                set: "sticky".into(),
+            },
+            Stmt::UpdateMapFromPacket {
+                map: "a".into(),
+                field: AddrField::Saddr,
+                data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
+            },
+        ])],
+    ));
+    let text = diff(&ruleset(empty), &ruleset(b)).to_nft();
+    let expected = "\
+add chain ip svcproxy rec
+add set ip svcproxy sticky { typeof ct original ip daddr . meta l4proto . th dport; }
+add map ip svcproxy a { type ipv4_addr : ipv4_addr . inet_service; flags dynamic,timeout; timeout 10800s; }
+add rule ip svcproxy rec ct state new ct status dnat meta l4proto { tcp, udp, sctp } ct original ip daddr . meta l4proto . ct original proto-dst != @sticky update @a { ip saddr : ip daddr . th dport }
+";
+    assert_eq!(text, expected);
+}

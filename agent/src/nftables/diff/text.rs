@@ -8,9 +8,9 @@
 
 use std::fmt::Write;
 
-use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyExpr, Set};
+use svcproxy_compiler::nft::ir::{Chain, Element, Family, Set};
 use svcproxy_compiler::nft::text::{
-    element_text, key_value_text, map_data_text, render_table, rule_text,
+    element_text, key_text as typeof_text, key_value_text, map_data_text, render_table, rule_text,
 };
 
 use super::{Change, Changes, Op};
@@ -155,21 +155,6 @@ fn set_spec(family: Family, set: &Set) -> String {
     }
     spec.push_str(" }");
     spec
-}
-
-/// `ip daddr . meta l4proto . th dport . numgen random mod 2`, as the compiler writes
-/// these expressions in rules.
-fn typeof_text(family: Family, exprs: &[KeyExpr]) -> String {
-    let texts: Vec<String> = exprs
-        .iter()
-        .map(|e| match e {
-            KeyExpr::Addr(field) => format!("{} {}", family.keyword(), field.keyword()),
-            KeyExpr::L4Proto => "meta l4proto".into(),
-            KeyExpr::ThDport => "th dport".into(),
-            KeyExpr::Numgen { modulus } => format!("numgen random mod {modulus}"),
-        })
-        .collect();
-    texts.join(" . ")
 }
 
 /// Nothing for a plain chain, ` { type nat hook prerouting priority -100; policy

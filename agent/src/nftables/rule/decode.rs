@@ -6,19 +6,20 @@ use svcproxy_compiler::nft::ir::{
 };
 
 use super::encode::{data_registers, map_port_register};
-use super::{R1, addr_field_at, addr_len, key_expr_type};
+use super::{R1, addr_field_at, addr_len, ct_original_addr_key, key_expr_type};
 use crate::nftables::error::{Error, Result};
-use crate::nftables::expr::{CmpOp, Data, Expr, MetaKey, PayloadBase};
+use crate::nftables::expr::{CmpOp, CtKey, Data, Expr, MetaKey, PayloadBase};
 use crate::nftables::layout;
 use crate::nftables::msg::nfproto;
 use crate::nftables::uapi::{expr as ex, reg};
 
 /// Raises one rule's expressions back to statements. `anon_set` resolves the name of an
-/// anonymous set (as the kernel renamed it) to its addresses.
+/// anonymous set (as the kernel renamed it) to its elements' values (addresses or
+/// protocols).
 pub(crate) fn decode_exprs(
     family: Family,
     exprs: &[Expr],
-    anon_set: &dyn Fn(&str) -> Option<Vec<IpNet>>,
+    anon_set: &dyn Fn(&str) -> Option<Vec<KeyValue>>,
 ) -> Result<Vec<Stmt>> {
     let mut decoder = Decoder {
         family,
@@ -43,7 +44,7 @@ pub(crate) fn decode_exprs(
 
 struct Decoder<'a> {
     family: Family,
-    anon_set: &'a dyn Fn(&str) -> Option<Vec<IpNet>>,
+    anon_set: &'a dyn Fn(&str) -> Option<Vec<KeyValue>>,
     l4_context: Option<L4Proto>,
 }
 
@@ -60,7 +61,7 @@ impl Decoder<'_> {
         let u32_is = |data: &[u8], v: u32| data == v.to_ne_bytes();
         match exprs {
             [
-                Expr::CtState { dreg: R1 },
+                Expr::CtLoad { key, dreg: R1 },
                 Expr::Bitwise { mask, xor, .. },
                 Expr::Cmp {
                     op: CmpOp::Neq,
@@ -68,9 +69,13 @@ impl Decoder<'_> {
                     ..
                 },
                 ..,
-            ] if u32_is(mask, ex::ct::STATE_NEW) && u32_is(xor, 0) && u32_is(data, 0) => {
-                Some(Ok((Stmt::CtStateNew, 3)))
-            }
+            ] if u32_is(xor, 0) && u32_is(data, 0) => match key {
+                CtKey::State if u32_is(mask, ex::ct::STATE_NEW) => Some(Ok((Stmt::CtStateNew, 3))),
+                CtKey::Status if u32_is(mask, ex::ct::STATUS_DNAT) => {
+                    Some(Ok((Stmt::CtStatusDnat, 3)))
+                }
+                _ => None,
+            },
 
             [
                 Expr::Payload {
@@ -83,6 +88,31 @@ impl Decoder<'_> {
             ] => {
                 let field = addr_field_at(family, *offset)?;
                 self.addr_stmt(field, *len, addr_len, tail)
+            }
+
+            // `meta l4proto { tcp, udp }`: a lookup in an anonymous set of protocols.
+            [
+                Expr::MetaLoad {
+                    key: MetaKey::L4Proto,
+                    dreg: R1,
+                },
+                Expr::Lookup {
+                    sreg: R1,
+                    set,
+                    dreg: None,
+                    invert: false,
+                    ..
+                },
+                ..,
+            ] => {
+                let protos = (self.anon_set)(set)?
+                    .into_iter()
+                    .map(|v| match v {
+                        KeyValue::Proto(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<L4Proto>>>()?;
+                Some(Ok((Stmt::L4ProtoIn(protos), 2)))
             }
 
             [
@@ -256,7 +286,16 @@ impl Decoder<'_> {
             ] => {
                 let op = if *invert { IrCmpOp::Ne } else { IrCmpOp::Eq };
                 let stmt = match (self.anon_set)(set) {
-                    Some(values) => Stmt::AddrInList { field, op, values },
+                    Some(values) => {
+                        let values = values
+                            .into_iter()
+                            .map(|v| match v {
+                                KeyValue::Net(net) => Some(net),
+                                _ => None,
+                            })
+                            .collect::<Option<Vec<IpNet>>>()?;
+                        Stmt::AddrInList { field, op, values }
+                    }
                     None => Stmt::AddrInSet {
                         field,
                         op,
@@ -266,8 +305,47 @@ impl Decoder<'_> {
                 Some(Ok((stmt, 2)))
             }
             [Expr::Immediate { .. }, ..] => self.update_map(field, tail),
+            [first, ..] if self.key_load(first).is_some() => {
+                self.update_map_from_packet(field, tail)
+            }
             _ => None,
         }
+    }
+
+    /// After `payload load <address> => reg 1`: loads of the datum's components from
+    /// the packet into reg 2 on (nft's concatenation layout), then `dynset update
+    /// reg_key 1 sreg_data 2`.
+    fn update_map_from_packet(&self, field: AddrField, tail: &[Expr]) -> Step {
+        let mut data = Vec::new();
+        let mut registers = Vec::new();
+        for (i, expr) in tail.iter().enumerate() {
+            if let Expr::DynsetUpdate {
+                sreg_key: R1,
+                sreg_data: Some(reg::REG_2),
+                set,
+                ..
+            } = expr
+            {
+                let types: Vec<KeyType> = data
+                    .iter()
+                    .map(|k| key_expr_type(self.family, *k))
+                    .collect();
+                if data.is_empty() || data_registers(&types) != registers {
+                    return None;
+                }
+                let stmt = Stmt::UpdateMapFromPacket {
+                    map: set.clone(),
+                    field,
+                    data,
+                };
+                // The address load, the datum's loads, the dynset.
+                return Some(Ok((stmt, i + 2)));
+            }
+            let (key, dreg) = self.key_load(expr)?;
+            data.push(key);
+            registers.push(dreg);
+        }
+        None
     }
 
     /// After `payload load <address> => reg 1`: `immediate` loads of the datum from
@@ -419,10 +497,14 @@ impl Decoder<'_> {
                 sreg: R1,
                 set,
                 dreg,
-                invert: false,
+                invert,
                 ..
             } = expr
             {
+                // Only a plain set lookup can be inverted (`!=`).
+                if *invert && dreg.is_some() {
+                    return None;
+                }
                 let stmt = match dreg {
                     Some(reg::VERDICT) if !key.is_empty() => Stmt::Vmap {
                         key,
@@ -454,6 +536,7 @@ impl Decoder<'_> {
                     }
                     None if key.len() >= 2 => Stmt::KeyInSet {
                         key,
+                        op: if *invert { IrCmpOp::Ne } else { IrCmpOp::Eq },
                         set: set.clone(),
                     },
                     _ => return None,
@@ -493,6 +576,14 @@ impl Decoder<'_> {
             Expr::NumgenRandom { dreg, modulus } => {
                 Some((KeyExpr::Numgen { modulus: *modulus }, *dreg))
             }
+            Expr::CtLoad {
+                key: CtKey::OriginalProtoDst,
+                dreg,
+            } => Some((KeyExpr::CtOriginalProtoDst, *dreg)),
+            Expr::CtLoad { key, dreg } => [AddrField::Saddr, AddrField::Daddr]
+                .into_iter()
+                .find(|f| ct_original_addr_key(self.family, *f) == *key)
+                .map(|f| (KeyExpr::CtOriginalAddr(f), *dreg)),
             _ => None,
         }
     }

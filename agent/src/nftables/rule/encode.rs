@@ -7,20 +7,24 @@ use svcproxy_compiler::nft::ir::{
     AddrField, CmpOp as IrCmpOp, Family, KeyExpr, KeyType, KeyValue, L4Proto, Stmt,
 };
 
-use super::{R1, addr_len, addr_offset, key_expr_type};
+use super::{R1, addr_len, addr_offset, ct_original_addr_key, key_expr_type};
 use crate::nftables::error::{Error, Result};
-use crate::nftables::expr::{CmpOp, Data, Expr, MetaKey, PayloadBase};
+use crate::nftables::expr::{CmpOp, CtKey, Data, Expr, MetaKey, PayloadBase};
 use crate::nftables::layout;
 use crate::nftables::msg::nfproto;
 use crate::nftables::set::ANON_SET_NAME;
 use crate::nftables::uapi::{expr as ex, reg};
 
-/// An anonymous set a rule needs (`ip saddr { ... }`), created in the same batch just
-/// before the rule and referred to by its transaction id.
+/// An anonymous set a rule needs (`ip saddr { ... }`, `meta l4proto { tcp, udp }`),
+/// created in the same batch just before the rule and referred to by its transaction
+/// id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AnonAddrSet {
-    pub field: AddrField,
-    pub values: Vec<IpNet>,
+pub(crate) struct AnonSet {
+    /// What the rule looks up (`KeyExpr::Addr`, `KeyExpr::L4Proto`): the set's key
+    /// has its type, and nft records it in the set's userdata.
+    pub key: KeyExpr,
+    /// The elements (one value each), in the rule's order.
+    pub values: Vec<KeyValue>,
 }
 
 /// Lowers one rule's statements. `new_anon_set` registers an anonymous set and returns
@@ -28,7 +32,7 @@ pub(crate) struct AnonAddrSet {
 pub(crate) fn encode_stmts(
     family: Family,
     stmts: &[Stmt],
-    new_anon_set: &mut dyn FnMut(AnonAddrSet) -> u32,
+    new_anon_set: &mut dyn FnMut(AnonSet) -> u32,
 ) -> Result<Vec<Expr>> {
     let mut out = Vec::new();
     // The protocol an earlier statement of this rule already matched: nft omits the
@@ -36,16 +40,8 @@ pub(crate) fn encode_stmts(
     let mut l4_context: Option<L4Proto> = None;
     for stmt in stmts {
         match stmt {
-            Stmt::CtStateNew => out.extend([
-                Expr::CtState { dreg: R1 },
-                Expr::Bitwise {
-                    sreg: R1,
-                    dreg: R1,
-                    mask: ex::ct::STATE_NEW.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                },
-                cmp(CmpOp::Neq, 0u32.to_ne_bytes().to_vec()),
-            ]),
+            Stmt::CtStateNew => out.extend(ct_bit_set(CtKey::State, ex::ct::STATE_NEW)),
+            Stmt::CtStatusDnat => out.extend(ct_bit_set(CtKey::Status, ex::ct::STATUS_DNAT)),
             Stmt::Addr { field, op, value } => {
                 check_family(family, &value.addr())?;
                 encode_addr_match(family, *field, *op, value, &mut out);
@@ -74,22 +70,16 @@ pub(crate) fn encode_stmts(
                 if values.is_empty() {
                     return Err(Error::encode("an empty anonymous address list"));
                 }
-                let id = new_anon_set(AnonAddrSet {
-                    field: *field,
-                    values: values.clone(),
+                let id = new_anon_set(AnonSet {
+                    key: KeyExpr::Addr(*field),
+                    values: values.iter().map(|v| KeyValue::Net(*v)).collect(),
                 });
                 out.extend([
                     load_addr(family, *field),
-                    Expr::Lookup {
-                        sreg: R1,
-                        set: ANON_SET_NAME.to_string(),
-                        set_id: Some(id),
-                        dreg: None,
-                        invert: *op == IrCmpOp::Ne,
-                    },
+                    anon_lookup(id, *op == IrCmpOp::Ne),
                 ]);
             }
-            Stmt::KeyInSet { key, set } => {
+            Stmt::KeyInSet { key, op, set } => {
                 if key.len() < 2 {
                     return Err(Error::encode(format!(
                         "@{set} with a key of {} components: a concatenation needs two or more",
@@ -102,13 +92,44 @@ pub(crate) fn encode_stmts(
                     set: set.clone(),
                     set_id: None,
                     dreg: None,
-                    invert: false,
+                    invert: *op == IrCmpOp::Ne,
                 });
             }
             Stmt::L4Proto(proto) => {
                 out.extend(match_l4proto(*proto));
                 l4_context = Some(*proto);
             }
+            Stmt::L4ProtoIn(protos) => match protos.as_slice() {
+                [] => return Err(Error::encode("an empty protocol list")),
+                // nft folds a one-protocol list into a plain match (it reads back as
+                // `Stmt::L4Proto`).
+                [proto] => {
+                    out.extend(match_l4proto(*proto));
+                    l4_context = Some(*proto);
+                }
+                _ => {
+                    // The kernel's set reads back in protocol order: a list in another
+                    // order, or with a repeat, would never read back equal.
+                    if !protos.windows(2).all(|pair| pair[0] < pair[1]) {
+                        let list: Vec<&str> = protos.iter().map(|p| p.keyword()).collect();
+                        return Err(Error::encode(format!(
+                            "meta l4proto {{ {} }}: list each protocol once, in the order tcp, udp, sctp",
+                            list.join(", ")
+                        )));
+                    }
+                    let id = new_anon_set(AnonSet {
+                        key: KeyExpr::L4Proto,
+                        values: protos.iter().map(|p| KeyValue::Proto(*p)).collect(),
+                    });
+                    out.extend([
+                        Expr::MetaLoad {
+                            key: MetaKey::L4Proto,
+                            dreg: R1,
+                        },
+                        anon_lookup(id, false),
+                    ]);
+                }
+            },
             Stmt::Dport { proto, port } => {
                 if l4_context != Some(*proto) {
                     out.extend(match_l4proto(*proto));
@@ -158,6 +179,24 @@ pub(crate) fn encode_stmts(
                         dreg,
                         data: Data::Value(layout::key_bytes(&[*ty], std::slice::from_ref(value))?),
                     });
+                }
+                out.push(Expr::DynsetUpdate {
+                    sreg_key: R1,
+                    sreg_data: Some(reg::REG_2),
+                    set: map.clone(),
+                    set_id: None,
+                });
+            }
+            Stmt::UpdateMapFromPacket { map, field, data } => {
+                if data.is_empty() {
+                    return Err(Error::encode(format!("update @{map} without data")));
+                }
+                // As `Stmt::UpdateMap`, with the datum's components loaded from the
+                // packet instead of immediates.
+                out.push(load_addr(family, *field));
+                let types: Vec<KeyType> = data.iter().map(|k| key_expr_type(family, *k)).collect();
+                for (key, dreg) in data.iter().zip(data_registers(&types)) {
+                    out.push(load_key_expr(family, *key, dreg));
                 }
                 out.push(Expr::DynsetUpdate {
                     sreg_key: R1,
@@ -355,6 +394,32 @@ fn encode_addr_match(
     }
 }
 
+/// `[ ct load KEY => reg 1 ] [ bitwise reg 1 = (reg 1 & BITS) ^ 0 ] [ cmp neq reg 1 0 ]`:
+/// `ct state new`, `ct status dnat` (the state and status are host-order words).
+fn ct_bit_set(key: CtKey, bits: u32) -> [Expr; 3] {
+    [
+        Expr::CtLoad { key, dreg: R1 },
+        Expr::Bitwise {
+            sreg: R1,
+            dreg: R1,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(CmpOp::Neq, 0u32.to_ne_bytes().to_vec()),
+    ]
+}
+
+/// The lookup of reg 1 in the anonymous set the batch creates as `set_id`.
+fn anon_lookup(set_id: u32, invert: bool) -> Expr {
+    Expr::Lookup {
+        sreg: R1,
+        set: ANON_SET_NAME.to_string(),
+        set_id: Some(set_id),
+        dreg: None,
+        invert,
+    }
+}
+
 /// `KEY map @map` with the key from register 1 on: the datum lands in register 1 on,
 /// a miss ends the rule.
 fn map_lookup(map: &str) -> Expr {
@@ -452,5 +517,13 @@ fn load_key_expr(family: Family, key: KeyExpr, dreg: u32) -> Expr {
         },
         KeyExpr::ThDport => load_dport(dreg),
         KeyExpr::Numgen { modulus } => Expr::NumgenRandom { dreg, modulus },
+        KeyExpr::CtOriginalAddr(field) => Expr::CtLoad {
+            key: ct_original_addr_key(family, field),
+            dreg,
+        },
+        KeyExpr::CtOriginalProtoDst => Expr::CtLoad {
+            key: CtKey::OriginalProtoDst,
+            dreg,
+        },
     }
 }

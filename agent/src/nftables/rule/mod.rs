@@ -12,11 +12,12 @@ mod tests;
 
 use svcproxy_compiler::nft::ir::{AddrField, Family, KeyExpr, KeyType};
 
+use super::expr::CtKey;
 use super::layout;
 use super::uapi::reg;
 
 pub(crate) use decode::decode_exprs;
-pub(crate) use encode::{AnonAddrSet, encode_stmts};
+pub(crate) use encode::{AnonSet, encode_stmts};
 
 /// The register every single-value match loads into (`reg 1`).
 const R1: u32 = reg::REG_1;
@@ -27,6 +28,18 @@ pub(crate) fn key_expr_type(family: Family, key: KeyExpr) -> KeyType {
         KeyExpr::L4Proto => KeyType::InetProto,
         KeyExpr::ThDport => KeyType::InetService,
         KeyExpr::Numgen { .. } => KeyType::Integer,
+        KeyExpr::CtOriginalAddr(_) => layout::addr_type(family),
+        KeyExpr::CtOriginalProtoDst => KeyType::InetService,
+    }
+}
+
+/// The `ct` key of `ct original ip saddr` and friends.
+pub(crate) fn ct_original_addr_key(family: Family, field: AddrField) -> CtKey {
+    match (family, field) {
+        (Family::Ip, AddrField::Saddr) => CtKey::OriginalSrcIp,
+        (Family::Ip, AddrField::Daddr) => CtKey::OriginalDstIp,
+        (Family::Ip6, AddrField::Saddr) => CtKey::OriginalSrcIp6,
+        (Family::Ip6, AddrField::Daddr) => CtKey::OriginalDstIp6,
     }
 }
 
