@@ -43,11 +43,6 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-unsafe extern "C" {
-    /// mimalloc's: returns the memory its heaps no longer use to the OS.
-    fn mi_collect(force: bool);
-}
-
 /// Live and peak allocated bytes (MB), and the process's peak RSS (MB).
 fn memory(step: &str) {
     let mb = |b: usize| b as f64 / (1 << 20) as f64;
@@ -128,8 +123,8 @@ fn rss_trace(services: usize, endpoints: usize) {
     drop((snap, allocated));
     memory("snapshot dropped");
     if std::env::var_os("COLLECT").is_some() {
-        // SAFETY: mi_collect only returns freed memory to the OS.
-        unsafe { mi_collect(true) };
+        // What `Options::release_memory` does in the product.
+        svcproxy_agent::release_memory();
         memory("collected");
     }
     let sizes = std::env::var_os("SIZES").is_some();

@@ -195,6 +195,12 @@ pub enum CmpOp {
 
 /// The closed list of statements svcproxy emits. Matches first, then actions, then
 /// verdicts; a rule is a sequence of these.
+///
+/// `Dport`, `NumgenRandomEq`, `UpdateMap` and `Dnat` are no longer emitted by the
+/// layout (until 2026-12-03 the ClientIP-affinity cascades used them). They stay,
+/// with their text, JSON and netlink forms, because the agent must read back and
+/// replace the rules an earlier svcproxy left in the kernel: a statement it cannot
+/// decode fails the read-back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stmt {
     // ----- matches -----
@@ -241,7 +247,7 @@ pub enum Stmt {
     FibAddrTypeLocal(AddrField),
     /// `meta mark & 0x00004000 == 0x00000000`: the given mark bits are all clear.
     MarkBitsClear(u32),
-    /// `numgen random mod N == V`: the random-choice cascade (see the layout notes).
+    /// `numgen random mod N == V`: the earlier random-choice cascade (not emitted).
     NumgenRandomEq {
         modulus: u32,
         value: u32,
@@ -254,7 +260,7 @@ pub enum Stmt {
     MarkSetXor(u32),
     /// `update @map { ip saddr : 10.0.0.1 . 8080 }`: add or refresh the packet's
     /// address as a key of a timeout map, with constant data (the element gets the
-    /// map's default timeout). ClientIP affinity records the client's endpoint so.
+    /// map's default timeout). The earlier affinity cascades recorded so (not emitted).
     UpdateMap {
         map: String,
         field: AddrField,
@@ -483,7 +489,7 @@ pub fn sort_elements(elements: &mut Vec<Element>) {
 /// rank; for `Port` 16 bits; for `Int` 32. A key that is a prefix of another packs to
 /// less or equal (zero padding): ties are settled by the full order. `None` if the
 /// key needs more than 256 bits.
-pub fn pack_key(key: &[KeyValue]) -> Option<[u64; 4]> {
+fn pack_key(key: &[KeyValue]) -> Option<[u64; 4]> {
     let mut packer = Packer::default();
     for value in key {
         match value {
