@@ -12,13 +12,23 @@ static ALLOCATOR: Counting = Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Counting only in `--rss` mode: the atomics would otherwise weigh on the timings.
+static COUNTING: AtomicBool = AtomicBool::new(false);
 
 struct Counting;
 
 impl Counting {
     fn add(size: usize) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
         PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+    fn sub(size: usize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(size, Ordering::Relaxed);
+        }
     }
 }
 
@@ -33,11 +43,11 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Counting::sub(layout.size());
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Counting::sub(layout.size());
         Counting::add(new_size);
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
@@ -55,7 +65,7 @@ fn memory(step: &str) {
 }
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use svcproxy_bench::{compile_parsed, compile_ruleset};
@@ -231,6 +241,7 @@ fn main() {
         let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse().ok());
         let services = numbers.next().unwrap_or(50_000);
         let endpoints = numbers.next().unwrap_or(5);
+        COUNTING.store(true, Ordering::Relaxed);
         return rss_trace(services, endpoints);
     }
     let arg = |i: usize, default: usize| {
