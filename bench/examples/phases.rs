@@ -118,6 +118,12 @@ fn rss_trace(services: usize, endpoints: usize) {
     memory("parsed and converted");
     drop(snapshot);
     memory("text dropped");
+    let collect = std::env::var_os("COLLECT").is_some();
+    if collect {
+        // What `Options::release_memory` does in the product, after parsing.
+        svcproxy_agent::release_memory();
+        memory("collected");
+    }
     let mut snap = builder.finish().expect("valid");
     memory("snapshot");
     let allocated =
@@ -132,8 +138,8 @@ fn rss_trace(services: usize, endpoints: usize) {
     };
     drop((snap, allocated));
     memory("snapshot dropped");
-    if std::env::var_os("COLLECT").is_some() {
-        // What `Options::release_memory` does in the product.
+    if collect {
+        // And after planning.
         svcproxy_agent::release_memory();
         memory("collected");
     }

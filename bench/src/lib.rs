@@ -40,14 +40,14 @@ pub fn compile_ruleset_owned(source: Source) -> Ruleset {
 }
 
 /// Parsed objects to the nftables IR: the compile figure without the parsing.
-pub fn compile_parsed(objects: Vec<Located<Object>>) -> Ruleset {
+pub fn compile_parsed(objects: Vec<Located<Object<'_>>>) -> Ruleset {
     let plan =
         svcproxy_compiler::plan_objects(objects, &options()).expect("generated snapshots compile");
     svcproxy_compiler::nft::ruleset(&plan)
 }
 
 /// Snapshot text to objects, as [`compile_parsed`] takes them.
-pub fn parse(source: &Source) -> Vec<Located<Object>> {
+pub fn parse(source: &Source) -> Vec<Located<Object<'_>>> {
     svcproxy_compiler::input::parse_source(source).expect("generated snapshots parse")
 }
 

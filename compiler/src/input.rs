@@ -1,4 +1,4 @@
-//! Parsing: Kubernetes YAML or JSON text into typed `k8s-openapi` objects.
+//! Parsing: Kubernetes YAML or JSON text into typed objects ([`crate::api`]).
 //!
 //! Accepts multi-document YAML, JSON (one value or a stream), `kind: List` exactly as
 //! `kubectl get -o yaml` prints it, and the typed lists the API returns (`ServiceList`,
@@ -6,11 +6,10 @@
 //! (unreadable syntax, a document without `kind`, a field of the wrong type) are errors
 //! that fail the whole snapshot: we cannot tell what the author meant.
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::{EndpointSlice, Endpoints, Pod, Service};
 use crate::error::{Diagnostic, Origin};
 
 /// One input file (or stdin) as text.
@@ -21,13 +20,14 @@ pub struct Source {
     pub text: String,
 }
 
-/// A Kubernetes object svcproxy understands.
+/// A Kubernetes object svcproxy understands. `'a` is the text it was read from: JSON
+/// objects borrow their strings from it where they can (YAML's are owned).
 #[derive(Debug, Clone)]
-pub enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Endpoints(Box<Endpoints>),
-    Pod(Box<Pod>),
+pub enum Object<'a> {
+    Service(Box<Service<'a>>),
+    EndpointSlice(Box<EndpointSlice<'a>>),
+    Endpoints(Box<Endpoints<'a>>),
+    Pod(Box<Pod<'a>>),
 }
 
 /// An object and where it was read.
@@ -38,7 +38,7 @@ pub struct Located<T> {
 }
 
 /// Parses every document of one source. All structural errors are collected.
-pub fn parse_source(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+pub fn parse_source(source: &Source) -> Result<Vec<Located<Object<'_>>>, Vec<Diagnostic>> {
     let mut objects = Vec::new();
     parse_source_into(source, &mut |object| objects.push(object))?;
     Ok(objects)
@@ -48,9 +48,9 @@ pub fn parse_source(source: &Source) -> Result<Vec<Located<Object>>, Vec<Diagnos
 /// typed, so that the caller can convert it and drop it before the next one is read.
 /// All structural errors are collected; objects read before an error still reach the
 /// sink.
-pub fn parse_source_into(
-    source: &Source,
-    sink: &mut dyn FnMut(Located<Object>),
+pub fn parse_source_into<'a>(
+    source: &'a Source,
+    sink: &mut dyn FnMut(Located<Object<'a>>),
 ) -> Result<(), Vec<Diagnostic>> {
     if looks_like_json(source) {
         return raw::parse_json(source, sink);
@@ -125,11 +125,11 @@ fn yaml_options(text: &str) -> serde_saphyr::Options {
 
 /// Reads one document (or list item), handing its objects to `sink`. `list_kind` is the item kind
 /// implied by a typed list (`ServiceList` items carry no `kind` of their own).
-fn read_document(
+fn read_document<'a>(
     value: Value,
     origin: &Origin,
     list_kind: Option<(&str, &str)>,
-    sink: &mut dyn FnMut(Located<Object>),
+    sink: &mut dyn FnMut(Located<Object<'a>>),
     errors: &mut Vec<Diagnostic>,
 ) {
     let Value::Object(map) = &value else {
@@ -193,8 +193,9 @@ fn read_document(
     }
 }
 
-/// Deserializes into a `k8s-openapi` type, keeping the path of a failing field.
-fn typed<T: DeserializeOwned>(
+/// Deserializes into an [`crate::api`] type, keeping the path of a failing field. The
+/// `Value` owns its strings, so the object does too (`'static`).
+fn typed<T: Deserialize<'static>>(
     value: Value,
     origin: &Origin,
     object_name: &str,
@@ -235,7 +236,6 @@ fn object_name(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Strin
 /// as those of the `Value` path: same messages, same field paths.
 mod raw {
     use serde::Deserialize;
-    use serde::de::DeserializeOwned;
     use serde_json::value::RawValue;
 
     use super::{Located, Object, Source, object_name};
@@ -265,9 +265,9 @@ mod raw {
         raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
     }
 
-    pub(super) fn parse_json(
-        source: &Source,
-        sink: &mut dyn FnMut(Located<Object>),
+    pub(super) fn parse_json<'a>(
+        source: &'a Source,
+        sink: &mut dyn FnMut(Located<Object<'a>>),
     ) -> Result<(), Vec<Diagnostic>> {
         let origin = Origin {
             file: source.name.as_str().into(),
@@ -298,11 +298,11 @@ mod raw {
         }
     }
 
-    fn read(
-        raw: &RawValue,
+    fn read<'a>(
+        raw: &'a RawValue,
         origin: &Origin,
         list_kind: Option<(&str, &str)>,
-        sink: &mut dyn FnMut(Located<Object>),
+        sink: &mut dyn FnMut(Located<Object<'a>>),
         errors: &mut Vec<Diagnostic>,
     ) {
         let Ok(head) = serde_json::from_str::<Head<'_>>(raw.get()) else {
@@ -321,7 +321,7 @@ mod raw {
 
         if kind == "List" || (kind.ends_with("List") && head.items.is_some()) {
             let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-            let items: Vec<&RawValue> = match head.items {
+            let items: Vec<&'a RawValue> = match head.items {
                 None => Vec::new(),
                 Some(items) if items.get() == "null" => Vec::new(),
                 Some(items) => match serde_json::from_str(items.get()) {
@@ -375,11 +375,11 @@ mod raw {
         }
     }
 
-    /// Deserializes into a `k8s-openapi` type from the document's text, keeping the path
-    /// of a failing field. serde_json adds the position to its messages; the `Value`
+    /// Deserializes into an [`crate::api`] type from the document's text (borrowing
+    /// its strings where it can), keeping the path of a failing field. serde_json adds the position to its messages; the `Value`
     /// path has none to give, so it is left out for the two to read the same.
-    fn typed<T: DeserializeOwned>(
-        raw: &RawValue,
+    fn typed<'a, T: Deserialize<'a>>(
+        raw: &'a RawValue,
         origin: &Origin,
         object_name: &str,
     ) -> Result<Box<T>, Diagnostic> {
@@ -415,11 +415,13 @@ mod raw {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
-        parse_source(&Source {
+    fn parse(text: &str) -> Result<Vec<Located<Object<'static>>>, Vec<Diagnostic>> {
+        // Objects borrow their source; a test's source lives as long as the test.
+        let source = Box::leak(Box::new(Source {
             name: "in.yaml".into(),
             text: text.into(),
-        })
+        }));
+        parse_source(source)
     }
 
     #[test]
@@ -450,11 +452,11 @@ mod tests {
 
     #[test]
     fn reads_json() {
-        let objects = parse_source(&Source {
+        let source = Source {
             name: "in.json".into(),
             text: r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}"#.into(),
-        })
-        .unwrap();
+        };
+        let objects = parse_source(&source).unwrap();
         assert_eq!(objects.len(), 1);
     }
 
@@ -482,7 +484,7 @@ mod tests {
     }
 
     /// The `Value` path, as YAML takes it, on JSON text.
-    fn parse_through_value(text: &str) -> Result<Vec<Located<Object>>, Vec<Diagnostic>> {
+    fn parse_through_value(text: &str) -> Result<Vec<Located<Object<'static>>>, Vec<Diagnostic>> {
         let source = Source {
             name: "in.json".into(),
             text: text.into(),

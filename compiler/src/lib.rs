@@ -2,7 +2,7 @@
 //! ruleset (or IPVS virtual-server set) out. No kernel access; deterministic.
 //!
 //! The pipeline, one module per step:
-//! 1. [`input`]: YAML/JSON text into typed API objects;
+//! 1. [`input`]: YAML/JSON text into typed API objects ([`api`]);
 //! 2. [`model`]: validation into a [`model::Snapshot`];
 //! 3. [`allocate`]: ClusterIPs and NodePorts that manifests left out;
 //! 4. [`plan`]: per service port and family, what each class of traffic does (using
@@ -17,6 +17,7 @@
 
 pub mod addr;
 pub mod allocate;
+pub mod api;
 pub mod endpoints;
 pub mod error;
 pub mod input;
@@ -93,7 +94,7 @@ pub fn plan_owned(sources: Vec<Source>, options: &Options) -> Result<Plan, Compi
 
 /// Validates parsed objects and builds the plan: [`plan`] without the parsing.
 pub fn plan_objects(
-    objects: Vec<input::Located<input::Object>>,
+    objects: Vec<input::Located<input::Object<'_>>>,
     options: &Options,
 ) -> Result<Plan, CompileError> {
     options.node.validate()?;
@@ -133,7 +134,7 @@ fn plan_sources<S: std::borrow::Borrow<Source>>(
     options: &Options,
 ) -> Result<Plan, CompileError> {
     // Each object is validated as soon as it is parsed and its API form dropped: the
-    // k8s-openapi objects of a large snapshot are never all alive at once.
+    // API objects of a large snapshot are never all alive at once.
     let mut builder = SnapshotBuilder::default();
     let mut errors = Vec::new();
     for source in sources {

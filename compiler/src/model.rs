@@ -14,16 +14,13 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
 use crate::addr::{parse_cidr_lenient, parse_ip};
+use crate::api::{EndpointSlice, Endpoints, IntOrString, Pod, Service, Str};
 use crate::endpoints::no_hints;
 use crate::error::{Diagnostic, Origin};
 use crate::input::{Located, Object};
 use crate::nft::ir::{Family, L4Proto};
+use ipnet::IpNet;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -207,7 +204,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Validates parsed objects. Fatal problems are returned as `Err`; per-object
     /// problems skip the object and are kept in `warnings`.
-    pub fn from_objects(objects: Vec<Located<Object>>) -> Result<Snapshot, Vec<Diagnostic>> {
+    pub fn from_objects(objects: Vec<Located<Object<'_>>>) -> Result<Snapshot, Vec<Diagnostic>> {
         let mut builder = SnapshotBuilder::default();
         for object in objects {
             builder.add(object);
@@ -217,9 +214,9 @@ impl Snapshot {
 }
 
 /// Builds a [`Snapshot`] one object at a time, so that the parser can hand each API
-/// object over as soon as it is read and it is dropped once converted: a 250k-endpoint
-/// snapshot's k8s-openapi objects take several times the memory of its model
-/// (docs/design.md, "Performance at scale").
+/// object over as soon as it is read and it is dropped once converted: a large
+/// snapshot's API objects are never all alive at once (docs/design.md, "Performance
+/// at scale").
 #[derive(Default)]
 pub struct SnapshotBuilder {
     snapshot: Snapshot,
@@ -237,18 +234,24 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     /// Validates one object into the snapshot.
-    pub fn add(&mut self, located: Located<Object>) {
+    pub fn add(&mut self, located: Located<Object<'_>>) {
         let Located { origin, mut object } = located;
         // The name and namespace are moved out of the object (no converter reads
         // them there): they key the duplicate check and name what is built.
-        let (kind, meta) = match &mut object {
-            Object::Service(s) => ("Service", &mut s.metadata),
-            Object::EndpointSlice(s) => ("EndpointSlice", &mut s.metadata),
-            Object::Endpoints(e) => ("Endpoints", &mut e.metadata),
-            Object::Pod(p) => ("Pod", &mut p.metadata),
+        let (kind, name, namespace) = match &mut object {
+            Object::Service(s) => ("Service", &mut s.metadata.name, &mut s.metadata.namespace),
+            Object::EndpointSlice(s) => (
+                "EndpointSlice",
+                &mut s.metadata.name,
+                &mut s.metadata.namespace,
+            ),
+            Object::Endpoints(e) => ("Endpoints", &mut e.metadata.name, &mut e.metadata.namespace),
+            Object::Pod(p) => ("Pod", &mut p.metadata.name, &mut p.metadata.namespace),
         };
-        let namespace = meta.namespace.take().unwrap_or_else(|| "default".into());
-        let Some(name) = meta.name.take().filter(|n| !n.is_empty()) else {
+        let namespace = namespace
+            .take()
+            .map_or_else(|| "default".into(), Str::into_owned);
+        let Some(name) = name.take().map(Str::into_owned).filter(|n| !n.is_empty()) else {
             self.fatal.push(
                 Diagnostic::new(&origin, "an object needs a name")
                     .object(format!("{kind} {namespace}/<unnamed>"))
@@ -277,7 +280,7 @@ impl SnapshotBuilder {
     }
 
     /// Converts one object whose name is not a duplicate.
-    fn convert(&mut self, origin: Origin, object: Object, namespace: String, name: String) {
+    fn convert(&mut self, origin: Origin, object: Object<'_>, namespace: String, name: String) {
         let snapshot = &mut self.snapshot;
 
         match object {
@@ -352,13 +355,13 @@ impl SnapshotBuilder {
 struct Interner(HashMap<String, Arc<str>>);
 
 impl Interner {
-    fn get(&mut self, value: Option<&String>) -> Option<Arc<str>> {
+    fn get(&mut self, value: Option<&str>) -> Option<Arc<str>> {
         let value = value?;
-        if let Some(shared) = self.0.get(value.as_str()) {
+        if let Some(shared) = self.0.get(value) {
             return Some(Arc::clone(shared));
         }
-        let shared: Arc<str> = Arc::from(value.as_str());
-        self.0.insert(value.clone(), Arc::clone(&shared));
+        let shared: Arc<str> = Arc::from(value);
+        self.0.insert(value.to_owned(), Arc::clone(&shared));
         Some(shared)
     }
 }
@@ -403,7 +406,7 @@ fn protocol_at(value: Option<&str>, field: impl FnOnce() -> String) -> Result<L4
 }
 
 fn convert_service(
-    service: &Service,
+    service: &Service<'_>,
     name: ServiceName,
     origin: &Origin,
 ) -> Result<ServiceSpec, Diagnostic> {
@@ -418,7 +421,7 @@ fn convert_service(
     Ok(spec)
 }
 
-fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, FieldError> {
+fn service_spec(service: &Service<'_>, name: ServiceName) -> Result<ServiceSpec, FieldError> {
     let default_spec = Default::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
     let annotations = service.metadata.annotations.as_ref();
@@ -597,7 +600,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
     let mut source_ranges = Vec::new();
     let (ranges, field): (Vec<String>, &str) = match &spec.load_balancer_source_ranges {
         Some(ranges) if !ranges.is_empty() => (ranges.clone(), "spec.loadBalancerSourceRanges"),
-        _ => match annotations.and_then(|a| a.get(SOURCE_RANGES_ANNOTATION)) {
+        _ => match annotations.and_then(|a| a.load_balancer_source_ranges.as_ref()) {
             Some(list) => (
                 list.split(',')
                     .filter(|s| !s.trim().is_empty())
@@ -666,9 +669,7 @@ fn service_spec(service: &Service, name: ServiceName) -> Result<ServiceSpec, Fie
         Some(n) => Some(port_at(n, || "spec.healthCheckNodePort".into())?),
     };
     let selector = spec.selector.clone().filter(|s| !s.is_empty());
-    let ipvs_scheduler = annotations
-        .and_then(|a| a.get(IPVS_SCHEDULER_ANNOTATION))
-        .cloned();
+    let ipvs_scheduler = annotations.and_then(|a| a.ipvs_scheduler.clone());
 
     Ok(ServiceSpec {
         name,
@@ -711,7 +712,7 @@ fn shared_hints(names: impl Iterator<Item = String>) -> Arc<BTreeSet<String>> {
 /// Converts an EndpointSlice. `Ok(None)`: a slice svcproxy ignores on purpose (FQDN).
 /// Invalid endpoints inside a valid slice are skipped one by one with a warning.
 fn convert_slice(
-    slice: &EndpointSlice,
+    slice: &EndpointSlice<'_>,
     namespace: &str,
     name: &str,
     origin: &Origin,
@@ -729,7 +730,7 @@ fn convert_slice(
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .and_then(|l| l.service_name.as_deref())
         .filter(|s| !s.is_empty())
     else {
         return Err(fail(field_error(
@@ -737,7 +738,8 @@ fn convert_slice(
             "missing: the slice belongs to no Service",
         )));
     };
-    let family = match slice.address_type.as_str() {
+    let address_type: &str = &slice.address_type;
+    let family = match address_type {
         "IPv4" => Family::Ip,
         "IPv6" => Family::Ip6,
         "FQDN" => {
@@ -759,7 +761,7 @@ fn convert_slice(
         let Some(number) = port.port else { continue };
         let number = port_at(number, || format!("ports[{i}].port")).map_err(fail)?;
         ports.push(EndpointPortSpec {
-            name: port.name.clone().unwrap_or_default(),
+            name: port.name.as_deref().unwrap_or_default().to_owned(),
             protocol,
             port: number,
         });
@@ -767,20 +769,17 @@ fn convert_slice(
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
         let field = || format!("endpoints[{i}].addresses[0]");
-        let Some(address) = endpoint.addresses.first() else {
+        let Some(address) = endpoint.addresses.0.as_deref() else {
             continue;
         };
         let ip = match parse_ip(address) {
             Ok(ip) if Family::of(&ip) == family => ip,
             Ok(ip) => {
                 warnings.push(
-                    Diagnostic::new(
-                        origin,
-                        format!("{ip} is not an {} address", slice.address_type),
-                    )
-                    .skipping("endpoint")
-                    .object(object.clone())
-                    .field(field()),
+                    Diagnostic::new(origin, format!("{ip} is not an {address_type} address"))
+                        .skipping("endpoint")
+                        .object(object.clone())
+                        .field(field()),
                 );
                 continue;
             }
@@ -802,8 +801,8 @@ fn convert_slice(
         let hints = endpoint.hints.as_ref();
         endpoints.push(EndpointSpec {
             ip,
-            node_name: names.get(endpoint.node_name.as_ref()),
-            zone: names.get(endpoint.zone.as_ref()),
+            node_name: names.get(endpoint.node_name.as_deref()),
+            zone: names.get(endpoint.zone.as_deref()),
             ready,
             serving,
             terminating,
@@ -825,7 +824,7 @@ fn convert_slice(
     }
     let owner = ServiceName {
         namespace: namespace.to_owned(),
-        name: owner.clone(),
+        name: owner.to_owned(),
     };
     Ok(Some((
         owner,
@@ -839,7 +838,7 @@ fn convert_slice(
 }
 
 fn convert_endpoints(
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
     name: &ServiceName,
     origin: &Origin,
     names: &mut Interner,
@@ -878,7 +877,7 @@ fn convert_endpoints(
                 ip_at(&address.ip, || format!("subsets[{s}].{field}[{i}].ip")).map_err(fail)?;
             list.push(EndpointSpec {
                 ip,
-                node_name: names.get(address.node_name.as_ref()),
+                node_name: names.get(address.node_name.as_deref()),
                 zone: None,
                 ready: is_ready,
                 serving: is_ready,
@@ -899,7 +898,7 @@ fn convert_endpoints(
 
 /// Converts a Pod. `Ok(None)` for Pods that can never be endpoints (finished, no IP).
 fn convert_pod(
-    pod: &Pod,
+    pod: &Pod<'_>,
     namespace: &str,
     name: &str,
     origin: &Origin,
@@ -962,7 +961,7 @@ fn convert_pod(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
-        node_name: names.get(spec.and_then(|s| s.node_name.as_ref())),
+        node_name: names.get(spec.and_then(|s| s.node_name.as_deref())),
         ips,
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
