@@ -9,38 +9,53 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::model::{EndpointGroup, PodSpec, ServicePortSpec, ServiceSpec, Snapshot, TargetPort};
 use crate::nft::ir::Family;
 use crate::node::NodeContext;
 
-/// One backend of a service port.
+/// One backend of a service port. Plain data but for the rare hints: the plan copies
+/// each endpoint into every pool of every port, hundreds of thousands of copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
-    /// Shared with the model and every other endpoint on the node: the plan copies
-    /// endpoints into its pools, and each copy used to allocate its own string.
-    pub node_name: Option<Arc<str>>,
     /// On this node (`nodeName` equals `--node-name`).
     pub is_local: bool,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// Shared with the model (and, when empty, with every endpoint): an endpoint is
-    /// copied into each pool of the plan.
-    pub zone_hints: Arc<BTreeSet<String>>,
-    pub node_hints: Arc<BTreeSet<String>>,
+    /// Topology hints, shared with the model; `None` (most endpoints) when there are
+    /// none, so that a copy touches no reference count.
+    pub hints: Option<Arc<Hints>>,
 }
 
-/// The hints of an endpoint that has none, shared: no allocation per endpoint.
-pub fn no_hints() -> Arc<BTreeSet<String>> {
-    static EMPTY: OnceLock<Arc<BTreeSet<String>>> = OnceLock::new();
-    Arc::clone(EMPTY.get_or_init(|| Arc::new(BTreeSet::new())))
+/// The topology hints of an EndpointSlice endpoint (`hints.forZones`, `hints.forNodes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hints {
+    pub zones: BTreeSet<String>,
+    pub nodes: BTreeSet<String>,
 }
+
+impl Hints {
+    /// Shared hints, or `None` when there are none.
+    pub fn shared(zones: BTreeSet<String>, nodes: BTreeSet<String>) -> Option<Arc<Hints>> {
+        (!zones.is_empty() || !nodes.is_empty()).then(|| Arc::new(Hints { zones, nodes }))
+    }
+}
+
+static NO_HINTS: BTreeSet<String> = BTreeSet::new();
 
 impl Endpoint {
+    pub fn zone_hints(&self) -> &BTreeSet<String> {
+        self.hints.as_deref().map_or(&NO_HINTS, |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &BTreeSet<String> {
+        self.hints.as_deref().map_or(&NO_HINTS, |h| &h.nodes)
+    }
+
     /// Usable as a fallback when nothing is ready: still serving, but going away.
     pub fn is_serving_terminating(&self) -> bool {
         self.serving && self.terminating
@@ -145,13 +160,11 @@ fn from_groups(
             found.push(Endpoint {
                 ip: endpoint.ip,
                 port: number,
-                node_name: endpoint.node_name.clone(),
                 is_local: node.is_local_node(endpoint.node_name.as_deref()),
                 ready: endpoint.ready,
                 serving: endpoint.serving,
                 terminating: endpoint.terminating,
-                zone_hints: Arc::clone(&endpoint.zone_hints),
-                node_hints: Arc::clone(&endpoint.node_hints),
+                hints: endpoint.hints.clone(),
             });
         }
     }
@@ -187,13 +200,11 @@ fn from_pod(
         found.push(Endpoint {
             ip: *ip,
             port: number,
-            node_name: pod.node_name.clone(),
             is_local: node.is_local_node(pod.node_name.as_deref()),
             ready,
             serving,
             terminating: pod.terminating,
-            zone_hints: no_hints(),
-            node_hints: no_hints(),
+            hints: None,
         });
     }
 }

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::addr::{parse_cidr_lenient, parse_ip};
-use crate::api::{EndpointSlice, Endpoints, IntOrString, Pod, Service, Str};
-use crate::endpoints::no_hints;
+use crate::api::{self, EndpointSlice, Endpoints, IntOrString, Pod, Service, Str};
+use crate::endpoints::Hints;
 use crate::error::{Diagnostic, Origin};
 use crate::input::{Located, Object};
 use crate::nft::ir::{Family, L4Proto};
@@ -32,7 +32,7 @@ pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-bala
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 /// `namespace/name` of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName {
     pub namespace: String,
     pub name: String,
@@ -151,9 +151,9 @@ pub struct EndpointSpec {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// Shared with the plan's copies of the endpoint.
-    pub zone_hints: Arc<BTreeSet<String>>,
-    pub node_hints: Arc<BTreeSet<String>>,
+    /// Topology hints, shared with the plan's copies of the endpoint; `None` when
+    /// there are none.
+    pub hints: Option<Arc<Hints>>,
 }
 
 /// Endpoints of one Service that share one port list: an EndpointSlice, or one subset
@@ -224,8 +224,10 @@ pub struct SnapshotBuilder {
     /// (kind, namespace, name) -> where it was first seen: duplicates are fatal. A hash
     /// map: the order is never observed, and a B-tree spent most of its time comparing
     /// the shared namespace prefixes of 100k keys.
-    seen: HashMap<(&'static str, String, String), Origin>,
-    services: BTreeMap<ServiceName, ServiceSpec>,
+    seen: HashMap<(&'static str, String, String), Origin, FastHash>,
+    /// In the order read; sorted by name once all are in (duplicates are fatal, so
+    /// there is nothing to merge).
+    services: Vec<ServiceSpec>,
     /// Node names and zones, shared by every endpoint on the node: a handful of
     /// distinct values for hundreds of thousands of endpoints, each copied into every
     /// pool of the plan.
@@ -286,10 +288,8 @@ impl SnapshotBuilder {
         match object {
             Object::Service(service) => {
                 let service_name = ServiceName { namespace, name };
-                match convert_service(&service, service_name.clone(), &origin) {
-                    Ok(spec) => {
-                        self.services.insert(service_name, spec);
-                    }
+                match convert_service(&service, service_name, &origin) {
+                    Ok(spec) => self.services.push(spec),
                     Err(d) => snapshot.warnings.push(d),
                 }
             }
@@ -302,9 +302,12 @@ impl SnapshotBuilder {
                     &mut self.names,
                     &mut snapshot.warnings,
                 ) {
-                    Ok(Some((owner, group))) => {
-                        snapshot.slices.entry(owner).or_default().push(group)
-                    }
+                    Ok(Some((owner, group))) => match snapshot.slices.get_mut(&owner) {
+                        Some(groups) => groups.push(group),
+                        None => {
+                            snapshot.slices.insert(owner, vec![group]);
+                        }
+                    },
                     Ok(None) => {}
                     Err(d) => snapshot.warnings.push(d),
                 }
@@ -339,7 +342,10 @@ impl SnapshotBuilder {
         if !fatal.is_empty() {
             return Err(fatal);
         }
-        snapshot.services = services.into_values().collect();
+        snapshot.services = services;
+        // Usually sorted already (kubectl lists by namespace and name): then this is
+        // one pass.
+        snapshot.services.sort_by(|a, b| a.name.cmp(&b.name));
         for groups in snapshot.slices.values_mut() {
             groups.sort_by(|a, b| a.object.cmp(&b.object));
         }
@@ -350,9 +356,43 @@ impl SnapshotBuilder {
     }
 }
 
+/// FNV-1a for the builder's hash maps: their keys are short names, hashed once per
+/// object and twice per endpoint (node name, zone), and SipHash took a tenth of the
+/// model's time. The starting state is random per map, as std's `RandomState` keys
+/// SipHash, so that names chosen to collide cannot be prepared in advance.
+#[derive(Clone, Copy)]
+struct FastHash(u64);
+
+impl Default for FastHash {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        FastHash(std::collections::hash_map::RandomState::new().hash_one(0xcbf2_9ce4_8422_2325_u64))
+    }
+}
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(self.0)
+    }
+}
+
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// One shared copy of each distinct node name and zone.
 #[derive(Default)]
-struct Interner(HashMap<String, Arc<str>>);
+struct Interner(HashMap<String, Arc<str>, FastHash>);
 
 impl Interner {
     fn get(&mut self, value: Option<&str>) -> Option<Arc<str>> {
@@ -410,18 +450,19 @@ fn convert_service(
     name: ServiceName,
     origin: &Origin,
 ) -> Result<ServiceSpec, Diagnostic> {
-    let object = format!("Service {name}");
-    let mut spec = service_spec(service, name).map_err(|e| {
+    let mut spec = service_spec(service).map_err(|e| {
         Diagnostic::new(origin, e.message)
             .skipping("Service")
-            .object(object)
+            .object(format!("Service {name}"))
             .field(e.field)
     })?;
+    spec.name = name;
     spec.origin = origin.clone();
     Ok(spec)
 }
 
-fn service_spec(service: &Service<'_>, name: ServiceName) -> Result<ServiceSpec, FieldError> {
+/// The Service's spec, checked; [`convert_service`] gives it its name and origin.
+fn service_spec(service: &Service<'_>) -> Result<ServiceSpec, FieldError> {
     let default_spec = Default::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
     let annotations = service.metadata.annotations.as_ref();
@@ -672,7 +713,7 @@ fn service_spec(service: &Service<'_>, name: ServiceName) -> Result<ServiceSpec,
     let ipvs_scheduler = annotations.and_then(|a| a.ipvs_scheduler.clone());
 
     Ok(ServiceSpec {
-        name,
+        name: ServiceName::default(),
         origin: Origin::default(),
         service_type,
         headless,
@@ -699,14 +740,14 @@ fn service_spec(service: &Service<'_>, name: ServiceName) -> Result<ServiceSpec,
     })
 }
 
-/// Hints as the plan shares them: most endpoints have none, and share one empty set.
-fn shared_hints(names: impl Iterator<Item = String>) -> Arc<BTreeSet<String>> {
-    let set: BTreeSet<String> = names.collect();
-    if set.is_empty() {
-        no_hints()
-    } else {
-        Arc::new(set)
-    }
+/// An endpoint's hints, shared with the plan's copies; `None` for the many that have
+/// none, so that copying them touches no reference count.
+fn endpoint_hints(hints: Option<&api::EndpointHints>) -> Option<Arc<Hints>> {
+    let hints = hints?;
+    let names = |list: &Option<Vec<api::Named>>| -> BTreeSet<String> {
+        list.iter().flatten().map(|n| n.name.clone()).collect()
+    };
+    Hints::shared(names(&hints.for_zones), names(&hints.for_nodes))
 }
 
 /// Converts an EndpointSlice. `Ok(None)`: a slice svcproxy ignores on purpose (FQDN).
@@ -798,7 +839,6 @@ fn convert_slice(
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-        let hints = endpoint.hints.as_ref();
         endpoints.push(EndpointSpec {
             ip,
             node_name: names.get(endpoint.node_name.as_deref()),
@@ -806,20 +846,7 @@ fn convert_slice(
             ready,
             serving,
             terminating,
-            zone_hints: shared_hints(
-                hints
-                    .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| z.name.clone()),
-            ),
-            node_hints: shared_hints(
-                hints
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|n| n.name.clone()),
-            ),
+            hints: endpoint_hints(endpoint.hints.as_ref()),
         });
     }
     let owner = ServiceName {
@@ -882,8 +909,7 @@ fn convert_endpoints(
                 ready: is_ready,
                 serving: is_ready,
                 terminating: false,
-                zone_hints: no_hints(),
-                node_hints: no_hints(),
+                hints: None,
             });
         }
         groups.push(EndpointGroup {

@@ -104,14 +104,14 @@ pub fn topology_mode(
         return TopologyMode::None;
     }
     if let Some(node) = node_name
-        && ready.iter().all(|e| !e.node_hints.is_empty())
-        && ready.iter().any(|e| e.node_hints.contains(node))
+        && ready.iter().all(|e| !e.node_hints().is_empty())
+        && ready.iter().any(|e| e.node_hints().contains(node))
     {
         return TopologyMode::SameNode;
     }
     if let Some(zone) = zone
-        && ready.iter().all(|e| !e.zone_hints.is_empty())
-        && ready.iter().any(|e| e.zone_hints.contains(zone))
+        && ready.iter().all(|e| !e.zone_hints().is_empty())
+        && ready.iter().any(|e| e.zone_hints().contains(zone))
     {
         return TopologyMode::SameZone;
     }
@@ -126,27 +126,26 @@ fn available(
 ) -> bool {
     match mode {
         TopologyMode::None => true,
-        TopologyMode::SameNode => node_name.is_some_and(|n| e.node_hints.contains(n)),
-        TopologyMode::SameZone => zone.is_some_and(|z| e.zone_hints.contains(z)),
+        TopologyMode::SameNode => node_name.is_some_and(|n| e.node_hints().contains(n)),
+        TopologyMode::SameZone => zone.is_some_and(|z| e.zone_hints().contains(z)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoints::Hints;
 
     /// An endpoint: `ep("10.0.0.1", "ready", "node-a")`.
     fn ep(ip: &str, state: &str, node: &str) -> Endpoint {
         Endpoint {
             ip: ip.parse().unwrap(),
             port: 80,
-            node_name: Some(node.into()),
             is_local: node == "node-a",
             ready: state == "ready",
             serving: state == "ready" || state == "serving-terminating",
             terminating: state != "ready",
-            zone_hints: Default::default(),
-            node_hints: Default::default(),
+            hints: None,
         }
     }
 
@@ -155,7 +154,10 @@ mod tests {
     }
 
     fn zoned(mut e: Endpoint, zones: &[&str]) -> Endpoint {
-        e.zone_hints = std::sync::Arc::new(zones.iter().map(|z| z.to_string()).collect());
+        e.hints = Hints::shared(
+            zones.iter().map(|z| z.to_string()).collect(),
+            Default::default(),
+        );
         e
     }
 
@@ -261,8 +263,10 @@ mod tests {
     fn node_hints_take_precedence_over_zone_hints() {
         let mut a = zoned(ep("10.0.0.1", "ready", "node-a"), &["zone-a"]);
         let mut b = zoned(ep("10.0.0.2", "ready", "node-b"), &["zone-a"]);
-        std::sync::Arc::make_mut(&mut a.node_hints).insert("node-a".into());
-        std::sync::Arc::make_mut(&mut b.node_hints).insert("node-b".into());
+        for (e, node) in [(&mut a, "node-a"), (&mut b, "node-b")] {
+            let hints = e.hints.as_mut().expect("zoned");
+            std::sync::Arc::make_mut(hints).nodes.insert(node.into());
+        }
         let c = categorize(&[a, b], true, false, Some("node-a"), Some("zone-a"));
         assert_eq!(ips(&c.cluster), ["10.0.0.1"]);
     }
