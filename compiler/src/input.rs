@@ -235,10 +235,13 @@ fn object_name(kind: &str, namespace: Option<&str>, name: Option<&str>) -> Strin
 /// memory of going through `Value` for a 70 MB snapshot (docs/design.md). Errors read
 /// as those of the `Value` path: same messages, same field paths.
 mod raw {
+    use std::borrow::Cow;
+
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
     use super::{Located, Object, Source, object_name};
+    use crate::api::Str;
     use crate::error::{Diagnostic, Origin};
 
     /// The fields of a document that decide what it is. Anything of the wrong type
@@ -261,8 +264,10 @@ mod raw {
         namespace: Option<serde_json::Value>,
     }
 
-    fn text(raw: Option<&RawValue>) -> Option<String> {
-        raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+    /// A string field of the head, borrowed from the text when it has no escapes.
+    fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+        raw.and_then(|r| serde_json::from_str::<Str<'_>>(r.get()).ok())
+            .map(|s| s.0)
     }
 
     pub(super) fn parse_json<'a>(
@@ -312,8 +317,9 @@ mod raw {
             ));
             return;
         };
-        let kind = text(head.kind).or_else(|| list_kind.map(|(k, _)| k.to_owned()));
-        let api_version = text(head.api_version).or_else(|| list_kind.map(|(_, v)| v.to_owned()));
+        let kind = text(head.kind).or_else(|| list_kind.map(|(k, _)| Cow::Owned(k.to_owned())));
+        let api_version =
+            text(head.api_version).or_else(|| list_kind.map(|(_, v)| Cow::Owned(v.to_owned())));
         let (Some(kind), Some(api_version)) = (kind, api_version) else {
             errors.push(Diagnostic::new(origin, "missing apiVersion or kind"));
             return;
@@ -327,7 +333,9 @@ mod raw {
                 Some(items) => match serde_json::from_str(items.get()) {
                     Ok(items) => items,
                     Err(_) => {
-                        errors.push(Diagnostic::new(origin, "items: expected a list").object(kind));
+                        errors.push(
+                            Diagnostic::new(origin, "items: expected a list").object(kind.as_ref()),
+                        );
                         return;
                     }
                 },
@@ -337,32 +345,42 @@ mod raw {
                     item: Some(index),
                     ..origin.clone()
                 };
-                let implied = item_kind.map(|k| (k, api_version.as_str()));
+                let implied = item_kind.map(|k| (k, api_version.as_ref()));
                 read(item, &item_origin, implied, sink, errors);
             }
             return;
         }
 
-        let meta: Meta = head
-            .metadata
-            .and_then(|m| serde_json::from_str(m.get()).ok())
-            .unwrap_or_default();
-        let field =
-            |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
-        let object_name = object_name(
-            &kind,
-            field(&meta.namespace).as_deref(),
-            field(&meta.name).as_deref(),
-        );
-        let typed = match (kind.as_str(), api_version.as_str()) {
-            ("Service", "v1") => typed(raw, origin, &object_name).map(Object::Service),
-            ("Endpoints", "v1") => typed(raw, origin, &object_name).map(Object::Endpoints),
-            ("Pod", "v1") => typed(raw, origin, &object_name).map(Object::Pod),
+        // `Service default/web`, for an error only: formatting it for every object
+        // would be a parse of `metadata` and an allocation each.
+        let object_name = || {
+            let meta: Meta = head
+                .metadata
+                .and_then(|m| serde_json::from_str(m.get()).ok())
+                .unwrap_or_default();
+            let field = |v: &Option<serde_json::Value>| {
+                v.as_ref().and_then(|v| v.as_str()).map(str::to_owned)
+            };
+            object_name(
+                &kind,
+                field(&meta.namespace).as_deref(),
+                field(&meta.name).as_deref(),
+            )
+        };
+        let typed = match (kind.as_ref(), api_version.as_ref()) {
+            ("Service", "v1") => typed(raw, origin, object_name).map(Object::Service),
+            ("Endpoints", "v1") => typed(raw, origin, object_name).map(Object::Endpoints),
+            ("Pod", "v1") => typed(raw, origin, object_name).map(Object::Pod),
             ("EndpointSlice", "discovery.k8s.io/v1") => {
-                typed(raw, origin, &object_name).map(Object::EndpointSlice)
+                typed(raw, origin, object_name).map(Object::EndpointSlice)
             }
             _ => {
-                tracing::debug!(%origin, kind, api_version, "skipping a kind svcproxy does not use");
+                tracing::debug!(
+                    %origin,
+                    kind = kind.as_ref(),
+                    api_version = api_version.as_ref(),
+                    "skipping a kind svcproxy does not use"
+                );
                 return;
             }
         };
@@ -376,12 +394,13 @@ mod raw {
     }
 
     /// Deserializes into an [`crate::api`] type from the document's text (borrowing
-    /// its strings where it can), keeping the path of a failing field. serde_json adds the position to its messages; the `Value`
-    /// path has none to give, so it is left out for the two to read the same.
+    /// its strings where it can), keeping the path of a failing field. serde_json adds
+    /// the position to its messages; the `Value` path has none to give, so it is left
+    /// out for the two to read the same.
     fn typed<'a, T: Deserialize<'a>>(
         raw: &'a RawValue,
         origin: &Origin,
-        object_name: &str,
+        object_name: impl FnOnce() -> String,
     ) -> Result<Box<T>, Diagnostic> {
         // Tracking the path costs a wrapper around every field of every object; errors
         // are rare, and reading the same text again with tracking gives the same error,
@@ -401,7 +420,7 @@ mod raw {
                         message.truncate(at);
                     }
                 }
-                let diagnostic = Diagnostic::new(origin, message).object(object_name);
+                let diagnostic = Diagnostic::new(origin, message).object(object_name());
                 if path == "." {
                     diagnostic
                 } else {
