@@ -11,11 +11,17 @@ use ipnet::IpNet;
 use super::ir::*;
 
 /// A table's sets and chains, in the order the layout declares them. Elements go into
-/// their set by name; [`TableParts::into_table`] sorts them.
+/// their set by name; [`TableParts::into_table`] sorts them, except those the layout
+/// made in their canonical order already ([`TableParts::fill_sorted`],
+/// [`TableParts::sorted_set`]).
 #[derive(Debug, Default)]
 pub(crate) struct TableParts {
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
+    /// Indices in `sets` of the sets whose elements are in canonical order already:
+    /// `sort_elements` would still compare every pair of neighbours to find that
+    /// out (1.6 ms of the 25 a table of 10k services took).
+    sorted: Vec<usize>,
 }
 
 impl TableParts {
@@ -52,6 +58,30 @@ impl TableParts {
         }
     }
 
+    /// Gives the declared set `set` its elements, which must be in their canonical
+    /// order, strictly increasing (sorted, without duplicates): they are not sorted
+    /// again. The set must have no elements yet.
+    pub fn fill_sorted(&mut self, set: &str, elements: Vec<Element>) {
+        debug_assert!(is_canonical(&elements), "{set}: elements out of order");
+        if let Some(index) = self.sets.iter().position(|s| s.name == set) {
+            debug_assert!(self.sets[index].elements.is_empty(), "{set} filled twice");
+            self.sets[index].elements = elements;
+            self.sorted.push(index);
+        }
+    }
+
+    /// Declares a set whose elements are in their canonical order already, strictly
+    /// increasing: they are not sorted again.
+    pub fn sorted_set(&mut self, set: Set) {
+        debug_assert!(
+            is_canonical(&set.elements),
+            "{}: elements out of order",
+            set.name
+        );
+        self.sorted.push(self.sets.len());
+        self.sets.push(set);
+    }
+
     /// Declares a regular chain.
     pub fn chain(&mut self, name: &str, rules: Vec<Rule>) {
         self.chains.push(Chain {
@@ -86,8 +116,10 @@ impl TableParts {
     /// The table, its sets' elements sorted and deduplicated, so that the output does
     /// not depend on the order in which services added them.
     pub fn into_table(mut self, family: Family, name: &str, comment: Option<String>) -> Table {
-        for set in &mut self.sets {
-            sort_elements(&mut set.elements);
+        for (index, set) in self.sets.iter_mut().enumerate() {
+            if !self.sorted.contains(&index) {
+                sort_elements(&mut set.elements);
+            }
         }
         Table {
             family,
@@ -97,6 +129,11 @@ impl TableParts {
             chains: self.chains,
         }
     }
+}
+
+/// Whether `elements` are in the order [`sort_elements`] gives, without duplicates.
+fn is_canonical(elements: &[Element]) -> bool {
+    elements.is_sorted_by(|a, b| a < b)
 }
 
 /// `ip saddr 10.0.0.0/8` for one prefix, `ip saddr { a, b }` for several: nft turns a

@@ -44,7 +44,7 @@
 
 use std::cell::LazyCell;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -243,25 +243,96 @@ fn table<P: std::borrow::Borrow<ServicePortPlan>>(
     t.finish()
 }
 
-/// A key of an endpoint map (without the bucket) and the endpoints it picks from.
-/// The endpoints are copied (address and port): the port they come from may be
-/// dropped before the maps are made ([`ruleset_owned`]).
-type EndpointKey = (Vec<KeyValue>, Vec<(IpAddr, u16)>);
+/// The key of a service port's traffic: its destination address (none for a
+/// NodePort, which is matched on protocol and port only), protocol and port.
+///
+/// The sets and maps with an element per service port collect these rather than
+/// `Vec<KeyValue>`s: no allocation per key, and sorting compares fields directly.
+/// Within one set every key has the same shape, and then the derived order (fields
+/// in declaration order; an `IpAddr` orders as its host prefix) is the order of the
+/// key values they become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PortKey {
+    addr: Option<IpAddr>,
+    proto: L4Proto,
+    port: u16,
+}
+
+impl PortKey {
+    /// The key values, with room for `extra` more (an endpoint map's bucket).
+    fn values(self, extra: usize) -> Vec<KeyValue> {
+        let mut values = Vec::with_capacity(3 + extra);
+        values.extend(self.addr.map(net));
+        values.push(KeyValue::Proto(self.proto));
+        values.push(KeyValue::Port(self.port));
+        values
+    }
+}
+
+/// The addresses of a set of single addresses (`cluster-ips`) or of address pairs
+/// (`hairpin-endpoints`), kept as numbers per family: sorting numbers takes a third
+/// of the time sorting `IpAddr`s does, and IPv4 first, each family by number, is the
+/// order of the elements' keys.
+#[derive(Debug, Default)]
+struct AddressSet {
+    v4: Vec<u32>,
+    v6: Vec<u128>,
+}
+
+impl AddressSet {
+    fn push(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(ip) => self.v4.push(ip.to_bits()),
+            IpAddr::V6(ip) => self.v6.push(ip.to_bits()),
+        }
+    }
+
+    /// The addresses in ascending order, each once.
+    fn into_sorted(mut self) -> impl Iterator<Item = IpAddr> {
+        self.v4.sort_unstable();
+        self.v4.dedup();
+        self.v6.sort_unstable();
+        self.v6.dedup();
+        let v4 = self
+            .v4
+            .into_iter()
+            .map(|bits| Ipv4Addr::from_bits(bits).into());
+        let v6 = self
+            .v6
+            .into_iter()
+            .map(|bits| Ipv6Addr::from_bits(bits).into());
+        v4.chain(v6)
+    }
+}
+
+/// What one endpoint map will hold: its keys (without the bucket) and their
+/// endpoints. The endpoints are copied (address and port), because the port they
+/// come from may be dropped before the map is made ([`ruleset_owned`]); all of a
+/// map's go into one vector, `count` per key, the key giving the first's index.
+#[derive(Debug, Default)]
+struct EndpointMap {
+    keys: Vec<(PortKey, usize)>,
+    endpoints: Vec<(IpAddr, u16)>,
+}
 
 /// Accumulates one table. Elements go into sets by name; `finish` sorts them.
 struct TableBuilder<'a> {
     fp: &'a FamilyPlan,
     family: Family,
     parts: TableParts,
-    /// The endpoints of `hairpin-endpoints`: every port of a Service names the same
-    /// endpoints, so they are collected, sorted and deduplicated, and become elements
-    /// at the end.
-    hairpin: Vec<IpAddr>,
+    /// The sets with one element per service port and no verdict: `cluster-ips`,
+    /// the `hairpin-endpoints` of every endpoint (ports of one Service name the same
+    /// endpoints), and the plain sets of port keys (`cluster-ip-ports`, ...). Their
+    /// keys are collected, sorted and deduplicated, and become elements at the end,
+    /// in order.
+    cluster_ips: AddressSet,
+    hairpin: AddressSet,
+    port_sets: BTreeMap<&'static str, Vec<PortKey>>,
     /// The keys of the endpoint maps with their endpoints, by map kind and endpoint
     /// count. The maps, their elements and their `pick-…` rules are made at the end,
     /// for the counts present: with the keys sorted first, the elements come out in
     /// their canonical order and need no sort of their own (a tenth of the items).
-    endpoint_maps: BTreeMap<(Pick, u32), Vec<EndpointKey>>,
+    endpoint_maps: BTreeMap<(Pick, u32), EndpointMap>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -270,34 +341,43 @@ impl<'a> TableBuilder<'a> {
             fp,
             family: fp.family,
             parts: TableParts::default(),
-            hairpin: Vec::new(),
+            cluster_ips: AddressSet::default(),
+            hairpin: AddressSet::default(),
+            port_sets: BTreeMap::new(),
             endpoint_maps: BTreeMap::new(),
         }
     }
 
     fn finish(mut self) -> Table {
-        let mut hairpin = std::mem::take(&mut self.hairpin);
-        hairpin.sort_unstable();
-        hairpin.dedup();
-        if let Some(set) = self
-            .parts
-            .sets
-            .iter_mut()
-            .find(|s| s.name == HAIRPIN_ENDPOINTS)
-        {
-            set.elements.extend(hairpin.into_iter().map(|ip| Element {
-                key: vec![net(ip), net(ip)],
-                verdict: None,
-                data: Vec::new(),
-                comment: None,
-            }));
-        }
+        self.collected_sets();
         self.endpoint_maps_and_rules();
         self.parts.into_table(
             self.family,
             TABLE_NAME,
             Some("rules for svcproxy".to_string()),
         )
+    }
+
+    /// The elements of the sets whose keys were collected (see [`TableBuilder`]).
+    fn collected_sets(&mut self) {
+        let element = |key: Vec<KeyValue>| Element {
+            key,
+            verdict: None,
+            data: Vec::new(),
+            comment: None,
+        };
+        let cluster_ips = std::mem::take(&mut self.cluster_ips).into_sorted();
+        let elements = cluster_ips.map(|ip| element(vec![net(ip)])).collect();
+        self.parts.fill_sorted(CLUSTER_IPS, elements);
+        let hairpin = std::mem::take(&mut self.hairpin).into_sorted();
+        let elements = hairpin.map(|ip| element(vec![net(ip), net(ip)])).collect();
+        self.parts.fill_sorted(HAIRPIN_ENDPOINTS, elements);
+        for (set, mut keys) in std::mem::take(&mut self.port_sets) {
+            keys.sort_unstable();
+            keys.dedup();
+            let elements = keys.into_iter().map(|k| element(k.values(0))).collect();
+            self.parts.fill_sorted(set, elements);
+        }
     }
 
     // ----- the fixed part of the table -----
@@ -770,22 +850,8 @@ impl<'a> TableBuilder<'a> {
                 }
             }
         }
-        for ((pick, count), mut keys) in maps {
-            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let mut elements = Vec::with_capacity(keys.len() * count as usize);
-            for (key, endpoints) in keys {
-                for (i, (ip, port)) in (0..count).zip(endpoints) {
-                    let mut k = Vec::with_capacity(key.len() + 1);
-                    k.extend(key.iter().cloned());
-                    k.push(KeyValue::Int(i));
-                    elements.push(Element {
-                        key: k,
-                        verdict: None,
-                        data: vec![net(ip), KeyValue::Port(port)],
-                        comment: None,
-                    });
-                }
-            }
+        for ((pick, count), map) in maps {
+            let (elements, in_order) = endpoint_map_elements(map, count);
             let name = pick.map(count);
             let mut key_exprs = pick.key();
             key_exprs.push(KeyExpr::Numgen { modulus: count });
@@ -798,7 +864,7 @@ impl<'a> TableBuilder<'a> {
                 }
             };
             key.push(KeyType::Integer);
-            self.parts.sets.push(Set {
+            let set = Set {
                 name: name.clone(),
                 key,
                 data: Some(MapData::Value(vec![addr, KeyType::InetService])),
@@ -810,7 +876,12 @@ impl<'a> TableBuilder<'a> {
                     data: vec![KeyExpr::Addr(AddrField::Daddr), KeyExpr::ThDport],
                 }),
                 elements,
-            });
+            };
+            if in_order {
+                self.parts.sorted_set(set);
+            } else {
+                self.parts.sets.push(set);
+            }
             if let Some(chain) = self
                 .parts
                 .chains
@@ -827,17 +898,17 @@ impl<'a> TableBuilder<'a> {
 
     /// `key . i : endpoint i` for every endpoint of a pool, in the map of its count
     /// (the elements are made by [`Self::endpoint_maps_and_rules`]).
-    fn endpoint_elements(&mut self, pick: Pick, key: Vec<KeyValue>, endpoints: &[Endpoint]) {
+    fn endpoint_elements(&mut self, pick: Pick, key: PortKey, endpoints: &[Endpoint]) {
         let Ok(count) = u32::try_from(endpoints.len()) else {
             return;
         };
         if count == 0 {
             return;
         }
-        self.endpoint_maps
-            .entry((pick, count))
-            .or_default()
-            .push((key, endpoints.iter().map(|e| (e.ip, e.port)).collect()));
+        let map = self.endpoint_maps.entry((pick, count)).or_default();
+        map.keys.push((key, map.endpoints.len()));
+        map.endpoints
+            .extend(endpoints.iter().map(|e| (e.ip, e.port)));
     }
 
     // ----- one service port -----
@@ -868,28 +939,31 @@ impl<'a> TableBuilder<'a> {
             (EXTERNAL_PORTS, NODEPORTS)
         };
 
-        self.parts
-            .element(CLUSTER_IPS, vec![net(sp.cluster_ip)], None, None);
-        let dispatch = |ip: IpAddr| vec![net(ip), KeyValue::Proto(proto), KeyValue::Port(sp.port)];
+        self.cluster_ips.push(sp.cluster_ip);
+        let dispatch = |ip: IpAddr| PortKey {
+            addr: Some(ip),
+            proto,
+            port: sp.port,
+        };
 
         // ClusterIP traffic.
         match sp.internal {
             Disposition::Forward(pool) => {
                 let key = dispatch(sp.cluster_ip);
-                self.pick_from(Pick::Address, &key, sp, pool, affinity.as_ref());
+                self.pick_from(Pick::Address, key, sp, pool, affinity.as_ref());
                 if let Some(affinity) = &affinity {
                     self.parts.element(
                         AFFINITY_RECORDS,
-                        key.clone(),
+                        key.values(0),
                         Some(Verdict::Goto(affinity.record_chain.clone())),
                         None,
                     );
                 }
-                self.parts.element(CLUSTER_IP_PORTS, key, None, None);
+                self.port_set(CLUSTER_IP_PORTS, key);
             }
             other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
-                dispatch(sp.cluster_ip),
+                dispatch(sp.cluster_ip).values(0),
                 Some(reject_or_drop(other)),
                 comment(),
             ),
@@ -920,19 +994,19 @@ impl<'a> TableBuilder<'a> {
             for ip in external_ips {
                 let key = dispatch(*ip);
                 if sp.has_endpoints {
-                    self.parts.element(external_set, key.clone(), None, None);
+                    self.port_set(external_set, key);
                 }
                 for (pick, pool) in pools(Pick::Address, Pick::AddressCluster) {
-                    self.pick_from(pick, &key, sp, pool, affinity.as_ref());
+                    self.pick_from(pick, key, sp, pool, affinity.as_ref());
                 }
                 if let Some(record) = &record {
                     self.parts
-                        .element(AFFINITY_RECORDS, key.clone(), Some(record.clone()), None);
+                        .element(AFFINITY_RECORDS, key.values(0), Some(record.clone()), None);
                 }
                 if !forwards {
                     self.parts.element(
                         NO_ENDPOINT_SERVICES,
-                        key,
+                        key.values(0),
                         Some(reject_or_drop(external.disposition)),
                         comment(),
                     );
@@ -952,24 +1026,28 @@ impl<'a> TableBuilder<'a> {
                 for ip in &sp.load_balancer_ips {
                     self.parts.element(
                         FIREWALL_IPS,
-                        dispatch(*ip),
+                        dispatch(*ip).values(0),
                         Some(Verdict::Goto(chain.clone())),
                         comment(),
                     );
                 }
             }
             if let Some(node_port) = sp.node_port {
-                let key = vec![KeyValue::Proto(proto), KeyValue::Port(node_port)];
+                let key = PortKey {
+                    addr: None,
+                    proto,
+                    port: node_port,
+                };
                 if sp.has_endpoints {
-                    self.parts.element(nodeport_set, key.clone(), None, None);
+                    self.port_set(nodeport_set, key);
                 }
                 for (pick, pool) in pools(Pick::NodePort, Pick::NodePortCluster) {
-                    self.pick_from(pick, &key, sp, pool, affinity.as_ref());
+                    self.pick_from(pick, key, sp, pool, affinity.as_ref());
                 }
                 if let Some(record) = &record {
                     self.parts.element(
                         AFFINITY_NODEPORT_RECORDS,
-                        key.clone(),
+                        key.values(0),
                         Some(record.clone()),
                         None,
                     );
@@ -977,7 +1055,7 @@ impl<'a> TableBuilder<'a> {
                 if !forwards {
                     self.parts.element(
                         NO_ENDPOINT_NODEPORTS,
-                        key,
+                        key.values(0),
                         Some(reject_or_drop(external.disposition)),
                         comment(),
                     );
@@ -985,9 +1063,17 @@ impl<'a> TableBuilder<'a> {
             }
         }
 
-        for endpoint in sp.reachable_endpoints() {
+        // Every endpoint some traffic can reach; the set drops the repeats.
+        let pools = sp.cluster_endpoints.iter().chain(&sp.local_endpoints);
+        for endpoint in pools {
             self.hairpin.push(endpoint.ip);
         }
+    }
+
+    /// Adds `key` to `set`, one of the plain sets of port keys (`cluster-ip-ports`,
+    /// ...), whose elements are made at the end.
+    fn port_set(&mut self, set: &'static str, key: PortKey) {
+        self.port_sets.entry(set).or_default().push(key);
     }
 
     /// The key picks from `pool`: its endpoints become elements of `pick`'s endpoint
@@ -996,12 +1082,12 @@ impl<'a> TableBuilder<'a> {
     fn pick_from(
         &mut self,
         pick: Pick,
-        key: &[KeyValue],
+        key: PortKey,
         sp: &ServicePortPlan,
         pool: Pool,
         affinity: Option<&Affinity>,
     ) {
-        self.endpoint_elements(pick, key.to_vec(), sp.endpoints(pool));
+        self.endpoint_elements(pick, key, sp.endpoints(pool));
         let known = affinity.and_then(|a| match pool {
             Pool::Cluster => a.cluster_chain.as_ref(),
             Pool::Local => a.local_chain.as_ref(),
@@ -1009,7 +1095,7 @@ impl<'a> TableBuilder<'a> {
         if let Some(chain) = known {
             self.parts.element(
                 pick.clients_map(),
-                key.to_vec(),
+                key.values(0),
                 Some(Verdict::Jump(chain.clone())),
                 None,
             );
@@ -1167,6 +1253,32 @@ impl<'a> TableBuilder<'a> {
     }
 }
 
+/// The elements of an endpoint map whose keys have `count` endpoints each: `key . i :
+/// endpoint i`, in key order. They come out in their canonical order (keys sorted,
+/// then `i` rising; every key of a map has the same shape), unless two ports share a
+/// key: the second value says whether all keys differ, else the elements must still
+/// be sorted.
+fn endpoint_map_elements(mut map: EndpointMap, count: u32) -> (Vec<Element>, bool) {
+    // Equal keys (the elements are then sorted again) are ordered by their index.
+    map.keys.sort_unstable();
+    let distinct = map.keys.windows(2).all(|pair| pair[0].0 != pair[1].0);
+    let mut elements = Vec::with_capacity(map.endpoints.len());
+    for (key, first) in map.keys {
+        let endpoints = &map.endpoints[first..first + count as usize];
+        for (i, &(ip, port)) in (0..count).zip(endpoints) {
+            let mut key = key.values(1);
+            key.push(KeyValue::Int(i));
+            elements.push(Element {
+                key,
+                verdict: None,
+                data: vec![net(ip), KeyValue::Port(port)],
+                comment: None,
+            });
+        }
+    }
+    (elements, distinct)
+}
+
 /// The affinity map(s) of one pool, as [`TableBuilder::affinity_maps`] declared them.
 struct AffinityMaps {
     map: String,
@@ -1225,5 +1337,86 @@ fn loopback(family: Family) -> IpNet {
     match family {
         Family::Ip => "127.0.0.0/8".parse().expect("constant"),
         Family::Ip6 => "::1/128".parse().expect("constant"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    fn v6(last: u16) -> IpAddr {
+        IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, last])
+    }
+
+    /// Keys of both shapes, with both families, protocols and ports.
+    fn port_keys() -> Vec<PortKey> {
+        let mut keys = Vec::new();
+        for addr in [None, Some(v4(2)), Some(v4(1)), Some(v6(1)), Some(v6(0))] {
+            for proto in [L4Proto::Udp, L4Proto::Tcp, L4Proto::Sctp] {
+                for port in [443, 80] {
+                    keys.push(PortKey { addr, proto, port });
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn port_keys_order_as_their_values() {
+        let keys = port_keys();
+        for a in &keys {
+            for b in keys.iter().filter(|b| b.addr.is_some() == a.addr.is_some()) {
+                assert_eq!(a.cmp(b), a.values(0).cmp(&b.values(0)), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn address_sets_come_out_in_key_order() {
+        let addresses = [v6(3), v4(9), v6(1), v4(1), v4(9), v6(3), v4(200)];
+        let mut set = AddressSet::default();
+        for ip in addresses {
+            set.push(ip);
+        }
+        let mut expected: Vec<Vec<KeyValue>> = addresses.iter().map(|ip| vec![net(*ip)]).collect();
+        expected.sort();
+        expected.dedup();
+        let sorted: Vec<Vec<KeyValue>> = set.into_sorted().map(|ip| vec![net(ip)]).collect();
+        assert_eq!(sorted, expected);
+    }
+
+    /// Endpoint map elements are made in canonical order; when two ports share a key
+    /// (which validation should prevent), they are flagged to be sorted as elements.
+    #[test]
+    fn endpoint_map_elements_are_in_order_unless_keys_repeat() {
+        let endpoint = |last: u8| (v4(last), 8080);
+        let map = |keys: &[PortKey]| {
+            let mut map = EndpointMap::default();
+            for (n, key) in keys.iter().enumerate() {
+                map.keys.push((*key, map.endpoints.len()));
+                let n = u8::try_from(n).expect("few keys");
+                map.endpoints.extend([endpoint(100 - n), endpoint(n)]);
+            }
+            map
+        };
+        let keys: Vec<PortKey> = port_keys()
+            .into_iter()
+            .filter(|k| k.addr.is_some())
+            .collect();
+        let (elements, in_order) = endpoint_map_elements(map(&keys), 2);
+        assert!(in_order);
+        assert!(elements.is_sorted_by(|a, b| a < b));
+        assert_eq!(elements.len(), 2 * keys.len());
+
+        let repeated = [keys[3], keys[1], keys[3]];
+        let (mut elements, in_order) = endpoint_map_elements(map(&repeated), 2);
+        assert!(!in_order);
+        sort_elements(&mut elements);
+        assert!(elements.is_sorted_by(|a, b| a < b));
+        assert_eq!(elements.len(), 6);
     }
 }
