@@ -134,8 +134,8 @@ fn compile(
     }
     let rendered = match backend {
         Backend::Nftables => match output {
-            OutputFormat::Json => svcproxy_compiler::render_nftables_json(plan),
-            _ => svcproxy_compiler::render_nftables(plan),
+            OutputFormat::Json => svcproxy_compiler::render_nftables_json(plan, &options),
+            _ => svcproxy_compiler::render_nftables(plan, &options),
         },
         Backend::Ipvs => {
             let state = svcproxy_compiler::ipvs::state(&plan, &node.ipvs_options());

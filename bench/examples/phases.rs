@@ -149,7 +149,11 @@ fn rss_trace(services: usize, endpoints: usize) {
     let (rules, p) = if sizes {
         (nft::ruleset(&p), Some(p))
     } else {
-        (nft::ruleset_owned(p), None)
+        (
+            // As the product does, releasing memory before the elements are made.
+            nft::ruleset_owned(p, collect.then_some(svcproxy_agent::release_memory as fn())),
+            None,
+        )
     };
     memory("ruleset");
     if sizes {

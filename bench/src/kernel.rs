@@ -125,7 +125,7 @@ pub fn nftables(config: &Config) -> Result<Vec<Row>> {
     let snapshot = synth::generate(&spec);
     let plan = compile_plan(&snapshot.source);
     let ruleset = svcproxy_compiler::nft::ruleset(&plan);
-    let text = svcproxy_compiler::render_nftables(plan);
+    let text = svcproxy_compiler::render_nftables(plan, &svcproxy_bench::options());
     let chains: usize = ruleset.tables.iter().map(|t| t.chains.len()).sum();
     let rules: usize = ruleset
         .tables

@@ -26,9 +26,10 @@ pub fn compile_plan(source: &Source) -> Plan {
         .expect("generated snapshots compile")
 }
 
-/// Snapshot text to the nftables IR: the compile figure.
+/// Snapshot text to the nftables IR: the compile figure. The plan is consumed and
+/// memory released between phases, as `svcproxy compile` does.
 pub fn compile_ruleset(source: &Source) -> Ruleset {
-    svcproxy_compiler::nft::ruleset(&compile_plan(source))
+    svcproxy_compiler::nft::ruleset_owned(compile_plan(source), options().release_memory)
 }
 
 /// Snapshot text to the nftables IR, the text dropped once parsed (as the agent does):
@@ -36,14 +37,15 @@ pub fn compile_ruleset(source: &Source) -> Ruleset {
 pub fn compile_ruleset_owned(source: Source) -> Ruleset {
     let plan = svcproxy_compiler::plan_owned(vec![source], &options())
         .expect("generated snapshots compile");
-    svcproxy_compiler::nft::ruleset_owned(plan)
+    svcproxy_compiler::nft::ruleset_owned(plan, options().release_memory)
 }
 
-/// Parsed objects to the nftables IR: the compile figure without the parsing.
+/// Parsed objects to the nftables IR: the compile figure without the parsing (the
+/// product's path from there on, as [`compile_ruleset`]).
 pub fn compile_parsed(objects: Vec<Located<Object<'_>>>) -> Ruleset {
     let plan =
         svcproxy_compiler::plan_objects(objects, &options()).expect("generated snapshots compile");
-    svcproxy_compiler::nft::ruleset(&plan)
+    svcproxy_compiler::nft::ruleset_owned(plan, options().release_memory)
 }
 
 /// Snapshot text to objects, as [`compile_parsed`] takes them.

@@ -50,12 +50,14 @@ pub struct Options {
     /// Treat every skipped object as a fatal error.
     pub strict: bool,
     pub max_input_bytes: usize,
-    /// Called between phases, once the previous phase's memory is freed (after
-    /// parsing; after planning, when the snapshot is gone). An allocator that keeps
-    /// freed memory for reuse (mimalloc) can return it to the system here, so that
-    /// the peak RSS is the largest phase's, not that plus what earlier phases left:
-    /// the parsed objects and the snapshot free memory of other sizes than the
-    /// ruleset reuses. The compiler itself never touches the allocator.
+    /// Called between phases, once the previous phase's memory is freed: after
+    /// parsing; after planning, when the snapshot is gone; and in
+    /// [`nft::ruleset_owned`], when the plan is gone and the set elements are not yet
+    /// made. An allocator that keeps freed memory for reuse (mimalloc) can return it
+    /// to the system here, so that the peak RSS is the largest phase's, not that plus
+    /// what earlier phases left: the parsed objects, the snapshot and the plan free
+    /// memory of other sizes than the elements reuse. The compiler itself never
+    /// touches the allocator.
     pub release_memory: Option<fn()>,
 }
 
@@ -261,18 +263,18 @@ pub fn header(plan: &Plan, backend: &str) -> Vec<String> {
 
 /// The nftables ruleset as `nft -f` text. The plan is consumed as the ruleset is
 /// built ([`nft::ruleset_owned`]), so that both are never whole in memory together.
-pub fn render_nftables(plan: Plan) -> String {
+pub fn render_nftables(plan: Plan, options: &Options) -> String {
     let mut header = header(&plan, "nftables");
     header.push(
         "apply with `nft -f FILE`: it replaces the svcproxy tables in one transaction".into(),
     );
-    nft::text::render(&nft::ruleset_owned(plan), &header)
+    nft::text::render(&nft::ruleset_owned(plan, options.release_memory), &header)
 }
 
 /// The nftables ruleset as `nft -j` JSON (the plan consumed, as [`render_nftables`]).
-pub fn render_nftables_json(plan: Plan) -> String {
-    let mut text = serde_json::to_string_pretty(&nft::json::render(&nft::ruleset_owned(plan)))
-        .unwrap_or_default();
+pub fn render_nftables_json(plan: Plan, options: &Options) -> String {
+    let ruleset = nft::ruleset_owned(plan, options.release_memory);
+    let mut text = serde_json::to_string_pretty(&nft::json::render(&ruleset)).unwrap_or_default();
     text.push('\n');
     text
 }
