@@ -42,10 +42,11 @@ pub struct RunConfig {
     pub backend: BackendConfig,
 }
 
-/// The compiled desired state.
+/// The compiled desired state, shared by `last_good` and `programmed` (a plan of 50k
+/// Services is tens of megabytes: not copied per sync).
 #[derive(Clone)]
 struct Desired {
-    plan: Plan,
+    plan: Arc<Plan>,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -66,8 +67,9 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// The last snapshot that compiled, and what was programmed from it.
     last_good: Option<Desired>,
-    /// The plan whose rules are in the kernel (for stale-flow cleanup).
-    programmed: Option<Plan>,
+    /// The plan whose rules are in the kernel: a change is synced against it Service
+    /// by Service, and stale flows are found from it.
+    programmed: Option<Arc<Plan>>,
 }
 
 /// Why a sync ran.
@@ -189,14 +191,20 @@ impl Agent {
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }
-        Ok(Desired { plan })
+        Ok(Desired {
+            plan: Arc::new(plan),
+        })
     }
 
     /// Makes the kernel match `desired`. Returns whether to retry soon.
     fn program(&mut self, desired: Desired, trigger: Trigger) -> bool {
-        let result = self
-            .syncer
-            .sync_plan(&desired.plan, trigger == Trigger::Resync);
+        let result = match (trigger, &self.programmed) {
+            // Only the Services that changed are diffed (when the backend can).
+            (Trigger::Change, Some(previous)) => self.syncer.sync_change(previous, &desired.plan),
+            _ => self
+                .syncer
+                .sync_plan(&desired.plan, trigger == Trigger::Resync),
+        };
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -206,8 +214,12 @@ impl Agent {
                 return true;
             }
         };
-        self.metrics
-            .synced(outcome.kind, outcome.duration, outcome.messages);
+        self.metrics.synced(
+            outcome.kind,
+            outcome.duration,
+            outcome.messages,
+            outcome.services.is_some(),
+        );
         if trigger == Trigger::Resync
             && let Some(changes) = &outcome.changes
         {
@@ -219,6 +231,7 @@ impl Agent {
         } else {
             tracing::info!(
                 kind = ?outcome.kind,
+                services = outcome.services,
                 messages = outcome.messages,
                 took_ms = outcome.duration.as_secs_f64() * 1000.0,
                 "synced: {}",
@@ -239,11 +252,11 @@ impl Agent {
             .sum();
         self.metrics.programmed(ports, endpoints);
 
-        let stale = stale::stale_udp_flows(self.programmed.as_ref(), &desired.plan);
+        let stale = stale::stale_udp_flows(self.programmed.as_deref(), &desired.plan);
         if !stale.is_empty() {
             clear_stale_flows(&stale);
         }
-        self.programmed = Some(desired.plan.clone());
+        self.programmed = Some(Arc::clone(&desired.plan));
         self.last_good = Some(desired);
         false
     }

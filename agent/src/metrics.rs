@@ -24,6 +24,7 @@ pub struct Metrics {
     snapshot_errors: Counter,
     messages: Counter,
     drift_repairs: Counter,
+    service_syncs: Counter,
     service_ports: Gauge,
     endpoints: Gauge,
 }
@@ -52,6 +53,7 @@ impl Metrics {
             snapshot_errors: Counter::default(),
             messages: Counter::default(),
             drift_repairs: Counter::default(),
+            service_syncs: Counter::default(),
             service_ports: Gauge::default(),
             endpoints: Gauge::default(),
             registry: Registry::default(),
@@ -102,6 +104,11 @@ impl Metrics {
             m.drift_repairs.clone(),
         );
         registry.register(
+            "svcproxy_service_syncs",
+            "Syncs that diffed only the Services that changed, not the whole ruleset",
+            m.service_syncs.clone(),
+        );
+        registry.register(
             "svcproxy_programmed_service_ports",
             "Service ports (per family) in the programmed rules",
             m.service_ports.clone(),
@@ -114,8 +121,8 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// A successful sync.
-    pub fn synced(&self, kind: SyncKind, duration: Duration, messages: usize) {
+    /// A successful sync; `by_service` when only the changed Services were diffed.
+    pub fn synced(&self, kind: SyncKind, duration: Duration, messages: usize, by_service: bool) {
         let seconds = duration.as_secs_f64();
         self.sync_duration.observe(seconds);
         match kind {
@@ -124,6 +131,9 @@ impl Metrics {
         }
         self.last_sync.set(unix_now());
         self.messages.inc_by(messages as u64);
+        if by_service {
+            self.service_syncs.inc();
+        }
     }
 
     pub fn queued(&self) {

@@ -188,6 +188,11 @@ fn svcproxy(ns: &Netns, args: &[&str]) -> std::process::Output {
 }
 
 fn plan_is_empty(ns: &Netns, snapshot: &Path) -> bool {
+    plan_output(ns, snapshot).starts_with("# no changes")
+}
+
+/// What `svcproxy plan` would change in the kernel for `snapshot`.
+fn plan_output(ns: &Netns, snapshot: &Path) -> String {
     let mut args = vec!["plan".to_string()];
     args.extend(fixture_args());
     args.push(snapshot.display().to_string());
@@ -198,7 +203,7 @@ fn plan_is_empty(ns: &Netns, snapshot: &Path) -> bool {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).starts_with("# no changes")
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -221,6 +226,14 @@ fn run_follows_snapshot_edits_repairs_drift_and_survives_bad_snapshots() {
         Ok(answering(&c, "10.96.0.10:80", 30) == set(&["a1", "a2"]))
     })
     .unwrap();
+    // The edit was synced by diffing the changed Service alone, and the kernel holds
+    // what a whole sync would have made.
+    assert_eq!(counter(&c.node, "svcproxy_service_syncs_total"), 1);
+    let plan = plan_output(&c.node, &snap.file());
+    assert!(
+        plan.starts_with("# no changes"),
+        "the Service's sync left the kernel as a whole sync would:\n{plan}"
+    );
 
     // Drift: someone flushes the dispatch chain. Connections are no longer DNAT'd (the
     // ClusterIP check rejects them) until the next resync puts the rules back.

@@ -2,6 +2,8 @@
 //! each class of traffic. Plain data, decided once here and rendered by the nftables
 //! and IPVS backends (and read by `explain`); no backend makes a decision of its own.
 
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -46,7 +48,110 @@ pub struct FamilyPlan {
     pub ports: Vec<ServicePortPlan>,
 }
 
+impl Plan {
+    /// The Services whose rules differ between this plan and `next`: those with a
+    /// service port (in any family) added, removed or changed. `None` when something
+    /// beyond Services differs (a family appeared or went, or a family's node
+    /// settings changed), which only a whole sync can apply.
+    ///
+    /// This is what lets the agent sync a snapshot change Service by Service
+    /// (`nft::fragment`) instead of diffing the whole ruleset: most changes touch a
+    /// few Services of thousands.
+    pub fn changed_services(&self, next: &Plan) -> Option<BTreeSet<ServiceName>> {
+        if self.families.len() != next.families.len() {
+            return None;
+        }
+        let mut changed = BTreeSet::new();
+        for (old, new) in self.families.iter().zip(&next.families) {
+            if !old.same_settings(new) {
+                return None;
+            }
+            // Both lists are sorted by id: walk them together. (Were they not, ports
+            // would only be reported changed that are not; none would be missed.)
+            let (mut a, mut b) = (old.ports.iter().peekable(), new.ports.iter().peekable());
+            loop {
+                let order = match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(x), Some(y)) => x.id.cmp(&y.id),
+                };
+                match order {
+                    Ordering::Less => {
+                        changed.extend(a.next().map(|p| p.id.service.clone()));
+                    }
+                    Ordering::Greater => {
+                        changed.extend(b.next().map(|p| p.id.service.clone()));
+                    }
+                    Ordering::Equal => {
+                        if let (Some(x), Some(y)) = (a.next(), b.next())
+                            && x != y
+                        {
+                            changed.insert(x.id.service.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Some(changed)
+    }
+
+    /// This plan with only the ports of `services` (their fragment's plan).
+    pub fn only(&self, services: &BTreeSet<ServiceName>) -> Plan {
+        Plan {
+            families: self.families.iter().map(|f| f.only(services)).collect(),
+            allocations: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 impl FamilyPlan {
+    /// Whether the two families' node settings (everything but the ports) are equal.
+    fn same_settings(&self, other: &FamilyPlan) -> bool {
+        self.settings() == other.settings()
+    }
+
+    /// A copy without the ports.
+    fn settings(&self) -> FamilyPlan {
+        // Spelled out, not `..self.clone()`: that would copy every port first; and a
+        // new field must be added here, or this does not compile.
+        let FamilyPlan {
+            family,
+            cluster_cidrs,
+            service_cidrs,
+            nodeport_addresses,
+            node_ip,
+            node_ips,
+            masquerade_all,
+            masquerade_mark,
+            ports: _,
+        } = self;
+        FamilyPlan {
+            family: *family,
+            cluster_cidrs: cluster_cidrs.clone(),
+            service_cidrs: service_cidrs.clone(),
+            nodeport_addresses: nodeport_addresses.clone(),
+            node_ip: *node_ip,
+            node_ips: node_ips.clone(),
+            masquerade_all: *masquerade_all,
+            masquerade_mark: *masquerade_mark,
+            ports: Vec::new(),
+        }
+    }
+
+    fn only(&self, services: &BTreeSet<ServiceName>) -> FamilyPlan {
+        FamilyPlan {
+            ports: self
+                .ports
+                .iter()
+                .filter(|p| services.contains(&p.id.service))
+                .cloned()
+                .collect(),
+            ..self.settings()
+        }
+    }
+
     /// Which ClusterIP traffic is masqueraded: the same for every service port.
     pub fn internal_masquerade(&self) -> Masquerade {
         if self.masquerade_all {
@@ -370,6 +475,90 @@ mod tests {
             families[0].node_ip,
             Some("192.168.1.1".parse().expect("literal"))
         );
+    }
+}
+
+#[cfg(test)]
+mod changes {
+    use super::*;
+    use crate::synth::{self, Spec};
+    use crate::{Options, plan};
+
+    fn compile(spec: &Spec, service: usize, extra: usize) -> Plan {
+        let options = Options {
+            node: synth::node_context(),
+            ..Options::default()
+        };
+        let source = synth::generate_with_extra(spec, service, extra).source;
+        plan(&[source], &options).expect("generated snapshots compile")
+    }
+
+    #[test]
+    fn an_endpoint_change_is_confined_to_its_service() {
+        let spec = Spec::new(40, 3);
+        let before = compile(&spec, 7, 0);
+        let after = compile(&spec, 7, 2);
+        let shape = &synth::shapes(&spec)[7];
+        let changed = before
+            .changed_services(&after)
+            .expect("only Services differ");
+        let names: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, [format!("{}/{}", shape.namespace, shape.name)]);
+        assert_eq!(before.changed_services(&before), Some(BTreeSet::new()));
+
+        // The fragment plans hold that Service's ports and nothing else, whole.
+        let only = after.only(&changed);
+        assert_eq!(only.families.len(), after.families.len());
+        for (part, whole) in only.families.iter().zip(&after.families) {
+            let expected: Vec<&ServicePortPlan> = whole
+                .ports
+                .iter()
+                .filter(|p| changed.contains(&p.id.service))
+                .collect();
+            assert_eq!(part.ports.iter().collect::<Vec<_>>(), expected);
+            assert!(part.same_settings(whole));
+        }
+        assert!(!only.families[0].ports.is_empty());
+    }
+
+    #[test]
+    fn services_added_or_removed_count_as_changed_and_node_settings_do_not_fit() {
+        let small = compile(&Spec::new(10, 2), usize::MAX, 0);
+        let large = compile(&Spec::new(12, 2), usize::MAX, 0);
+        let changed = small
+            .changed_services(&large)
+            .expect("only Services differ");
+        let added: BTreeSet<ServiceName> = large
+            .families
+            .iter()
+            .flat_map(|f| &f.ports)
+            .map(|p| p.id.service.clone())
+            .filter(|s| {
+                !small
+                    .families
+                    .iter()
+                    .flat_map(|f| &f.ports)
+                    .any(|p| &p.id.service == s)
+            })
+            .collect();
+        assert!(!added.is_empty());
+        assert!(
+            added.is_subset(&changed),
+            "{changed:?} misses some of {added:?}"
+        );
+        assert_eq!(
+            large.changed_services(&small).map(|c| c.len()),
+            Some(changed.len())
+        );
+
+        let mut masquerade_all = small.clone();
+        masquerade_all.families[0].masquerade_all = !masquerade_all.families[0].masquerade_all;
+        assert_eq!(small.changed_services(&masquerade_all), None);
+        let mut one_family = small.clone();
+        one_family.families.truncate(1);
+        if small.families.len() > 1 {
+            assert_eq!(small.changed_services(&one_family), None);
+        }
     }
 }
 

@@ -11,10 +11,12 @@
 //! plus the map and its rule only if no port had 4 endpoints yet. This module rewrites
 //! the diff so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
-use svcproxy_compiler::nft::ir::{Family, Ruleset, Table};
+use svcproxy_compiler::nft::ir::{Element, Family, KeyValue, Ruleset, Table};
 use svcproxy_compiler::nft::is_per_service_chain;
+use svcproxy_compiler::nft::layout::{HAIRPIN_ENDPOINTS, is_endpoint_map};
 
 use crate::nftables::diff::{definition, same_set_definition, sets_used};
 use crate::nftables::{Change, Changes, Op};
@@ -35,11 +37,19 @@ pub struct NeedsWholeSync {
 /// - deleting a set that a shared chain still refers to becomes deleting the
 ///   fragment's elements (the set stays, maybe empty, until a whole sync drops it);
 /// - creating a set that no rule of the fitted diff refers to is beyond a fragment:
-///   [`NeedsWholeSync`].
+///   [`NeedsWholeSync`];
+/// - an address leaves `hairpin-endpoints` only when no endpoint map sends to it any
+///   more ([`keep_shared_hairpin`]).
+///
+/// `pending` are element changes committed to the kernel but not yet merged into
+/// `committed`; `users` are their endpoint counts, if already made (made here when
+/// needed, for the caller to keep).
 pub fn fit_to_committed(
     changes: Changes,
     before: &Ruleset,
     committed: &Ruleset,
+    pending: &[Change],
+    users: &mut Option<EndpointUsers>,
 ) -> Result<Changes, NeedsWholeSync> {
     let changes = fit_shared_chains(changes, committed);
     let added_rule_sets: BTreeSet<(Family, &str, &str)> = changes
@@ -112,10 +122,13 @@ pub fn fit_to_committed(
             op,
         });
     }
-    Ok(Changes {
+    let mut fitted = Changes {
         ops,
         deferred: changes.deferred,
-    })
+    };
+    // Last: it counts the element changes the shared sets' rewrites above made.
+    keep_shared_hairpin(&mut fitted, committed, pending, users);
+    Ok(fitted)
 }
 
 /// Drops a fragment's flushes, creations and deletions of shared chains, and the
@@ -166,6 +179,98 @@ fn fit_shared_chains(changes: Changes, committed: &Ruleset) -> Changes {
         ops,
         deferred: changes.deferred,
     }
+}
+
+/// How many endpoint-map elements send to each address, in the state the kernel
+/// holds: what tells a fragment whether an address it no longer uses may leave
+/// `hairpin-endpoints`, which holds each endpoint address once, however many service
+/// ports send to it (a fragment knows only its own Services, and another Service's
+/// pods may share the address).
+///
+/// Counting takes a pass over every endpoint map (about 350k elements at 50k
+/// Services); the syncer keeps the counts from one fragment sync to the next and
+/// drops them when a whole sync replaces its view of the kernel.
+#[derive(Debug, Default)]
+pub struct EndpointUsers(HashMap<(Family, IpAddr), i64>);
+
+impl EndpointUsers {
+    /// The counts of `committed` with the `pending` element changes applied.
+    pub fn of(committed: &Ruleset, pending: &[Change]) -> EndpointUsers {
+        let mut users = EndpointUsers::default();
+        for table in &committed.tables {
+            for set in table.sets.iter().filter(|s| is_endpoint_map(&s.name)) {
+                users.count(table.family, &set.elements, 1);
+            }
+        }
+        users.apply(pending);
+        users
+    }
+
+    /// Counts the endpoint-map element changes of a commit.
+    pub fn apply(&mut self, changes: &[Change]) {
+        for change in changes {
+            match &change.op {
+                Op::AddElements { set, elements } if is_endpoint_map(&set.name) => {
+                    self.count(change.family, elements, 1)
+                }
+                Op::DeleteElements { set, elements } if is_endpoint_map(&set.name) => {
+                    self.count(change.family, elements, -1)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn count(&mut self, family: Family, elements: &[Element], delta: i64) {
+        for ip in elements.iter().filter_map(|e| address(e.data.first())) {
+            *self.0.entry((family, ip)).or_default() += delta;
+        }
+    }
+}
+
+fn address(value: Option<&KeyValue>) -> Option<IpAddr> {
+    match value {
+        Some(KeyValue::Net(net)) => Some(net.addr()),
+        _ => None,
+    }
+}
+
+/// Keeps a fragment's deletion of a hairpin address only when no endpoint map sends
+/// to it once this change is made ([`EndpointUsers`]; counted only for a change that
+/// deletes hairpin addresses, that is, when an endpoint left).
+fn keep_shared_hairpin(
+    changes: &mut Changes,
+    committed: &Ruleset,
+    pending: &[Change],
+    users: &mut Option<EndpointUsers>,
+) {
+    let deletes_hairpin = changes
+        .ops
+        .iter()
+        .any(|c| matches!(&c.op, Op::DeleteElements { set, .. } if set.name == HAIRPIN_ENDPOINTS));
+    if !deletes_hairpin {
+        return;
+    }
+    let users = users.get_or_insert_with(|| EndpointUsers::of(committed, pending));
+    // This change's own counts, apart: a few elements, where copying the kernel's
+    // counts would be a copy of every endpoint address.
+    let mut delta = EndpointUsers::default();
+    delta.apply(&changes.ops);
+    let after = |key: (Family, IpAddr)| {
+        users.0.get(&key).copied().unwrap_or(0) + delta.0.get(&key).copied().unwrap_or(0)
+    };
+    for change in &mut changes.ops {
+        let family = change.family;
+        if let Op::DeleteElements { set, elements } = &mut change.op
+            && set.name == HAIRPIN_ENDPOINTS
+        {
+            elements.retain(|e| address(e.key.first()).is_none_or(|ip| after((family, ip)) <= 0));
+        }
+    }
+    changes.ops.retain(|c| {
+        !matches!(&c.op, Op::DeleteElements { set, elements }
+            if set.name == HAIRPIN_ENDPOINTS && elements.is_empty())
+    });
 }
 
 fn find_table<'a>(ruleset: &'a Ruleset, family: Family, name: &str) -> Option<&'a Table> {
@@ -257,7 +362,7 @@ mod tests {
             ops: vec![change(Op::DeleteSet(definition(&mine)))],
             deferred: vec![],
         };
-        let fitted = fit_to_committed(gone, &before, &committed).expect("fits");
+        let fitted = fit_to_committed(gone, &before, &committed, &[], &mut None).expect("fits");
         assert_eq!(
             fitted.ops,
             vec![change(Op::DeleteElements {
@@ -270,7 +375,7 @@ mod tests {
             ops: vec![change(Op::AddSet(mine.clone()))],
             deferred: vec![],
         };
-        let fitted = fit_to_committed(joined, &before, &committed).expect("fits");
+        let fitted = fit_to_committed(joined, &before, &committed, &[], &mut None).expect("fits");
         assert_eq!(
             fitted.ops,
             vec![change(Op::AddElements {
@@ -288,7 +393,7 @@ mod tests {
             deferred: vec![],
         };
         assert_eq!(
-            fit_to_committed(created, &before, &committed),
+            fit_to_committed(created, &before, &committed, &[], &mut None),
             Err(NeedsWholeSync {
                 set: "endpoints-7".into()
             })
@@ -321,7 +426,8 @@ mod tests {
             ],
             deferred: vec![],
         };
-        let fitted = fit_to_committed(changes, &committed, &committed).expect("fits");
+        let fitted =
+            fit_to_committed(changes, &committed, &committed, &[], &mut None).expect("fits");
         assert_eq!(
             fitted.ops,
             vec![
@@ -332,5 +438,83 @@ mod tests {
                 }),
             ]
         );
+    }
+
+    #[test]
+    fn a_hairpin_address_another_service_still_sends_to_stays() {
+        let net = |ip: &str| KeyValue::Net(ip.parse::<IpAddr>().expect("literal").into());
+        let set = |name: &str, elements: Vec<Element>| Set {
+            name: name.into(),
+            key: vec![],
+            data: None,
+            flags: Default::default(),
+            timeout_secs: None,
+            comment: None,
+            exprs: None,
+            elements,
+        };
+        // Two service ports send to 10.0.0.9 (bucket 0 of ports 80 and 81).
+        let to = |port: u16, ip: &str| Element {
+            key: vec![KeyValue::Port(port), KeyValue::Int(0)],
+            verdict: None,
+            data: vec![net(ip), KeyValue::Port(8080)],
+            comment: None,
+        };
+        let hairpin = |ip: &str| Element {
+            key: vec![net(ip), net(ip)],
+            verdict: None,
+            data: Vec::new(),
+            comment: None,
+        };
+        let map = set("endpoints-1", vec![to(80, "10.0.0.9"), to(81, "10.0.0.9")]);
+        let pairs = set(HAIRPIN_ENDPOINTS, vec![hairpin("10.0.0.9")]);
+        let committed = Ruleset {
+            tables: vec![Table {
+                family: Family::Ip,
+                name: "svcproxy".into(),
+                comment: None,
+                sets: vec![map.clone(), pairs.clone()],
+                chains: vec![],
+            }],
+        };
+        // Port 80's Service moves to 10.0.0.7: its fragment diff deletes 10.0.0.9.
+        let moved = || Changes {
+            ops: vec![
+                change(Op::DeleteElements {
+                    set: definition(&map),
+                    elements: vec![to(80, "10.0.0.9")],
+                }),
+                change(Op::AddElements {
+                    set: definition(&map),
+                    elements: vec![to(80, "10.0.0.7")],
+                }),
+                change(Op::DeleteElements {
+                    set: definition(&pairs),
+                    elements: vec![hairpin("10.0.0.9")],
+                }),
+                change(Op::AddElements {
+                    set: definition(&pairs),
+                    elements: vec![hairpin("10.0.0.7")],
+                }),
+            ],
+            deferred: vec![],
+        };
+        let fitted =
+            fit_to_committed(moved(), &committed, &committed, &[], &mut None).expect("fits");
+        let expected: Vec<Change> = moved()
+            .ops
+            .into_iter()
+            .filter(|c| !matches!(&c.op, Op::DeleteElements { set, .. } if set.name == HAIRPIN_ENDPOINTS))
+            .collect();
+        assert_eq!(fitted.ops, expected, "port 81 still sends to 10.0.0.9");
+
+        // Once port 81 left 10.0.0.9 too (committed, not yet merged), it goes.
+        let pending = [change(Op::DeleteElements {
+            set: definition(&map),
+            elements: vec![to(81, "10.0.0.9")],
+        })];
+        let fitted =
+            fit_to_committed(moved(), &committed, &committed, &pending, &mut None).expect("fits");
+        assert_eq!(fitted.ops, moved().ops);
     }
 }

@@ -90,6 +90,9 @@ pub struct NftSyncer {
     /// Element changes that fragment syncs committed and `committed` does not show
     /// yet ([`NftSyncer::settle`]).
     pending: Vec<Change>,
+    /// Endpoint counts of the kernel's state, kept across fragment syncs; `None`
+    /// until one needs them, and again after a whole sync.
+    endpoint_users: Option<fragment::EndpointUsers>,
 }
 
 impl NftSyncer {
@@ -113,6 +116,7 @@ impl NftSyncer {
             committed_once: false,
             affinity_deleted: 0,
             pending: Vec::new(),
+            endpoint_users: None,
         })
     }
 
@@ -144,6 +148,7 @@ impl NftSyncer {
                     // The batch failed as a whole; the kernel is unchanged, but make
                     // the next attempt look at the kernel rather than trust our view.
                     self.committed = None;
+                    self.endpoint_users = None;
                     self.pending.clear();
                     return Err(e);
                 }
@@ -195,8 +200,14 @@ impl NftSyncer {
         let generation = *generation;
         let changes = diff(before, after);
         let changes = match &self.committed {
-            Some((state, _)) => fragment::fit_to_committed(changes, before, state)
-                .map_err(|e| Error::NeedsWholeSync { set: e.set })?,
+            Some((state, _)) => fragment::fit_to_committed(
+                changes,
+                before,
+                state,
+                &self.pending,
+                &mut self.endpoint_users,
+            )
+            .map_err(|e| Error::NeedsWholeSync { set: e.set })?,
             None => changes,
         };
         if changes.is_empty() {
@@ -222,6 +233,9 @@ impl NftSyncer {
                     changes.apply_to(&mut state);
                 }
                 self.committed = Some((state, commit.generation));
+                if let Some(users) = &mut self.endpoint_users {
+                    users.apply(&changes.ops);
+                }
                 self.timing = Some(timing(diffed, encode, &commit));
                 let messages = commit.messages;
                 self.clear_stale_affinity(&stale_affinity(before, after, &changes));
@@ -229,6 +243,7 @@ impl NftSyncer {
             }
             Err(e) => {
                 self.committed = None;
+                self.endpoint_users = None;
                 self.pending.clear();
                 Err(e)
             }
@@ -261,6 +276,7 @@ impl NftSyncer {
     /// Forgets what was committed: the next sync reads the kernel back.
     pub fn invalidate(&mut self) {
         self.committed = None;
+        self.endpoint_users = None;
         self.pending.clear();
     }
 
@@ -274,6 +290,7 @@ impl NftSyncer {
         let changes = diff(&current, desired);
         if changes.is_empty() {
             self.committed = Some((desired.clone(), generation));
+            self.endpoint_users = None;
             self.pending.clear();
             return Ok(self.outcome(SyncKind::Full, changes, 0, started));
         }
@@ -282,6 +299,7 @@ impl NftSyncer {
             .commit(&changes, generation, desired, diffed)
             .inspect_err(|_| {
                 self.committed = None;
+                self.endpoint_users = None;
                 self.pending.clear();
             })?;
         self.clear_stale_affinity(&stale_affinity(&current, desired, &changes));
@@ -378,6 +396,7 @@ impl NftSyncer {
         let commit = self.socket.commit(&batch, Some(generation))?;
         self.committed_once = true;
         self.committed = Some((desired.clone(), commit.generation));
+        self.endpoint_users = None;
         self.pending.clear();
         self.timing = Some(timing(diffed, encode, &commit));
         Ok(commit.messages)

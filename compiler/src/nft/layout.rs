@@ -71,7 +71,8 @@ const AFFINITY_RECORD: &str = "affinity-record";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const FIREWALL_IPS: &str = "firewall-ips";
-const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
+/// Every endpoint address once (`address . address`), whichever service ports use it.
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 const SERVICES: &str = "services";
 const NODEPORT_SERVICES: &str = "nodeport-services";
 const MASQUERADING: &str = "masquerading";
