@@ -480,6 +480,30 @@ mod tests {
     }
 
     #[test]
+    fn the_renamed_keys_are_the_models_constants() {
+        use crate::model::{
+            IPVS_SCHEDULER_ANNOTATION, SERVICE_NAME_LABEL, SOURCE_RANGES_ANNOTATION,
+        };
+        let text = format!(
+            r#"{{"metadata":{{"annotations":{{"{IPVS_SCHEDULER_ANNOTATION}":"rr",
+                "{SOURCE_RANGES_ANNOTATION}":"10.0.0.0/8"}}}}}}"#
+        );
+        let service: Service<'_> = serde_json::from_str(&text).unwrap();
+        let annotations = service.metadata.annotations.unwrap();
+        assert_eq!(annotations.ipvs_scheduler.as_deref(), Some("rr"));
+        assert_eq!(
+            annotations.load_balancer_source_ranges.as_deref(),
+            Some("10.0.0.0/8")
+        );
+        let text = format!(r#"{{"metadata":{{"labels":{{"{SERVICE_NAME_LABEL}":"web"}}}}}}"#);
+        let slice: EndpointSlice<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            slice.metadata.labels.unwrap().service_name.as_deref(),
+            Some("web")
+        );
+    }
+
+    #[test]
     fn only_the_annotations_and_label_svcproxy_reads_are_kept() {
         let service: Service<'_> = serde_json::from_str(
             r#"{"metadata":{"name":"a","annotations":{"svcproxy.io/ipvs-scheduler":"wrr",

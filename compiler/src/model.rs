@@ -14,13 +14,14 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use crate::addr::{parse_cidr_lenient, parse_ip};
 use crate::api::{self, EndpointSlice, Endpoints, IntOrString, Pod, Service, Str};
 use crate::endpoints::Hints;
 use crate::error::{Diagnostic, Origin};
 use crate::input::{Located, Object};
 use crate::nft::ir::{Family, L4Proto};
-use ipnet::IpNet;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -302,12 +303,9 @@ impl SnapshotBuilder {
                     &mut self.names,
                     &mut snapshot.warnings,
                 ) {
-                    Ok(Some((owner, group))) => match snapshot.slices.get_mut(&owner) {
-                        Some(groups) => groups.push(group),
-                        None => {
-                            snapshot.slices.insert(owner, vec![group]);
-                        }
-                    },
+                    Ok(Some((owner, group))) => {
+                        snapshot.slices.entry(owner).or_default().push(group)
+                    }
                     Ok(None) => {}
                     Err(d) => snapshot.warnings.push(d),
                 }
