@@ -23,7 +23,7 @@ use svcproxy_agent::nftables::{
 };
 use svcproxy_compiler::nft::ir::{
     Chain, Element, Family, KeyType, KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags,
-    Stmt, Table, Verdict,
+    Stmt, Table, Values, Verdict,
 };
 
 // ----- environment -----
@@ -1042,13 +1042,14 @@ fn mapped_chain_table() -> Table {
             comment: None,
             exprs: None,
             elements: vec![Element {
-                key: vec![
+                key: [
                     KeyValue::Net("10.96.0.1/32".parse().expect("net")),
                     KeyValue::Proto(L4Proto::Tcp),
                     KeyValue::Port(80),
-                ],
+                ]
+                .into(),
                 verdict: Some(Verdict::Goto("target".into())),
-                data: Vec::new(),
+                data: Values::new(),
                 comment: None,
             }],
         }],

@@ -15,7 +15,8 @@ use svcproxy_agent::cli::NodeFlags;
 use svcproxy_agent::nftables::{Batch, Error};
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, CmpOp, Element, Family, Hook, KeyExpr, KeyType,
-    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Verdict,
+    KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Values,
+    Verdict,
 };
 
 // ----- environment -----
@@ -70,9 +71,9 @@ fn chain(name: &str, base: Option<(ChainType, Hook, i32)>, rules: Vec<Rule>) -> 
 
 fn element(key: Vec<KeyValue>, verdict: Option<Verdict>, comment: Option<&str>) -> Element {
     Element {
-        key,
+        key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
         verdict,
-        data: Vec::new(),
+        data: Values::new(),
         comment: comment.map(str::to_string),
     }
 }
@@ -162,14 +163,15 @@ fn endpoint_map(
     let mut elements: Vec<Element> = elements
         .into_iter()
         .map(|(key, endpoint, port, comment)| Element {
-            key,
+            key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
             verdict: None,
-            data: vec![
+            data: [
                 KeyValue::Net(IpNet::from(
                     endpoint.parse::<std::net::IpAddr>().expect("endpoint"),
                 )),
                 KeyValue::Port(port),
-            ],
+            ]
+            .into(),
             comment: comment.map(str::to_string),
         })
         .collect();

@@ -13,7 +13,7 @@ use anyhow::Result;
 use svcproxy_agent::nftables::{Batch, NftSocket};
 use svcproxy_bench::{Stats, human};
 use svcproxy_compiler::nft::ir::{
-    AddrField, CmpOp, Element, Family, KeyValue, L4Proto, Rule, Ruleset, Set, Stmt, Verdict,
+    AddrField, CmpOp, Element, Family, KeyValue, L4Proto, Rule, Ruleset, Set, Stmt, Values, Verdict,
 };
 
 /// Kernel time of `kind` of change, median of a few, in the namespace of `socket`.
@@ -81,14 +81,15 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
                     &table.name,
                     &map,
                     &[Element {
-                        key: vec![
+                        key: [
                             addr(i),
                             KeyValue::Proto(L4Proto::Tcp),
                             KeyValue::Port(1),
                             KeyValue::Int(0),
-                        ],
+                        ]
+                        .into(),
                         verdict: None,
-                        data: vec![addr(i), KeyValue::Port(80)],
+                        data: [addr(i), KeyValue::Port(80)].into(),
                         comment: None,
                     }],
                 )?;
@@ -154,9 +155,9 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
 
 fn element(key: Vec<KeyValue>, verdict: Option<Verdict>) -> Element {
     Element {
-        key,
+        key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
         verdict,
-        data: Vec::new(),
+        data: Values::new(),
         comment: None,
     }
 }

@@ -6,7 +6,9 @@
 //! every chain before any rule (rules may jump forward), sets and their elements
 //! before the rules that look them up, an anonymous set right before its rule.
 
-use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table};
+use svcproxy_compiler::nft::ir::{
+    Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table, Values,
+};
 
 use super::attr::{Attr, AttrBuf};
 use super::element::{Nests, element_attrs, element_key_attrs};
@@ -308,9 +310,9 @@ fn anon_set(family: Family, anon: &AnonSet) -> Set {
             .values
             .iter()
             .map(|v| Element {
-                key: vec![v.clone()],
+                key: [*v].into(),
                 verdict: None,
-                data: Vec::new(),
+                data: Values::new(),
                 comment: None,
             })
             .collect(),
@@ -327,15 +329,16 @@ mod tests {
     fn large_element_lists_are_split() {
         let elements: Vec<Element> = (0..5000u32)
             .map(|i| Element {
-                key: vec![
+                key: [
                     KeyValue::Net(IpNet::from(std::net::IpAddr::from(
                         (0x0a00_0000 + i).to_be_bytes(),
                     ))),
                     KeyValue::Proto(L4Proto::Tcp),
                     KeyValue::Port(80),
-                ],
+                ]
+                .into(),
                 verdict: Some(Verdict::Goto(format!("svc-{i}"))),
-                data: Vec::new(),
+                data: Values::new(),
                 comment: None,
             })
             .collect();

@@ -13,7 +13,9 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use svcproxy_compiler::nft::ir::{Element, KeyValue, MapData, Set, Verdict};
+use svcproxy_compiler::nft::ir::{
+    Element, KeyType, KeyValue, MAX_DATA, MAX_KEY, MapData, Set, Values, Verdict,
+};
 
 use super::attr::{AttrBuf, Attrs};
 use super::error::{Error, Result};
@@ -342,8 +344,8 @@ impl RawElement {
 /// One element of a data map (a ClientIP-affinity map): key and datum.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MapEntry {
-    pub key: Vec<KeyValue>,
-    pub data: Vec<KeyValue>,
+    pub key: Values<MAX_KEY>,
+    pub data: Values<MAX_DATA>,
 }
 
 /// Decodes dumped elements of a data map, whatever writes them (the packet path for a
@@ -355,6 +357,7 @@ pub(crate) fn map_entries(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec<Ma
             info.name
         )));
     };
+    check_fits(info, Some(types))?;
     let mut out = raw
         .into_iter()
         .map(|r| {
@@ -384,6 +387,7 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
         Some(MapData::Value(types)) => Some(types.as_slice()),
         _ => None,
     };
+    check_fits(info, data_types)?;
     let mut out = if info.interval() && info.key.len() == 1 {
         if data_types.is_some() {
             return Err(Error::decode(format!(
@@ -397,8 +401,8 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
             .map(|r| {
                 let mut key = layout::key_values(&info.key, &r.key)?;
                 if let Some(end) = &r.key_end {
-                    let last = layout::key_values(&info.key, end)?;
-                    key = merge_range_values(key, last)?;
+                    let last = layout::key_values::<MAX_KEY>(&info.key, end)?;
+                    merge_range_values(&mut key, &last)?;
                 }
                 let data = match (data_types, &r.value) {
                     (Some(types), Some(value)) => layout::key_values(types, value)?,
@@ -414,7 +418,7 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
                             info.name
                         )));
                     }
-                    (None, None) => Vec::new(),
+                    (None, None) => Values::new(),
                 };
                 Ok(Element {
                     key,
@@ -429,21 +433,40 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
     Ok(out)
 }
 
-/// Componentwise `first..=last` of a concatenated interval element back to values.
-fn merge_range_values(first: Vec<KeyValue>, last: Vec<KeyValue>) -> Result<Vec<KeyValue>> {
-    first
-        .into_iter()
-        .zip(last)
-        .map(|(a, b)| match (a, b) {
+/// The sets and maps svcproxy makes have keys of at most [`MAX_KEY`] components and
+/// data of at most [`MAX_DATA`], all an [`Element`] holds: an error for a set of
+/// someone else's making with more.
+fn check_fits(info: &SetInfo, data: Option<&[KeyType]>) -> Result<()> {
+    let data_len = data.map_or(0, <[KeyType]>::len);
+    if info.key.len() > MAX_KEY || data_len > MAX_DATA {
+        return Err(Error::decode(format!(
+            "set {}: key of {} components and data of {}, more than svcproxy's sets have \
+             ({MAX_KEY} and {MAX_DATA})",
+            info.name,
+            info.key.len(),
+            data_len
+        )));
+    }
+    Ok(())
+}
+
+/// Componentwise `first..=last` of a concatenated interval element back to values,
+/// in `first`.
+fn merge_range_values(first: &mut [KeyValue], last: &[KeyValue]) -> Result<()> {
+    for (a, b) in first.iter_mut().zip(last) {
+        *a = match (*a, *b) {
             (KeyValue::Net(a), KeyValue::Net(b)) => {
-                Ok(KeyValue::Net(prefix_of_range(a.addr(), b.addr())?))
+                KeyValue::Net(prefix_of_range(a.addr(), b.addr())?)
             }
-            (a, b) if a == b => Ok(a),
-            (a, b) => Err(Error::decode(format!(
-                "range {a:?}-{b:?} over a non-address field"
-            ))),
-        })
-        .collect()
+            (a, b) if a == b => a,
+            (a, b) => {
+                return Err(Error::decode(format!(
+                    "range {a:?}-{b:?} over a non-address field"
+                )));
+            }
+        };
+    }
+    Ok(())
 }
 
 fn rbtree_to_ir(mut raw: Vec<RawElement>) -> Result<Vec<Element>> {
@@ -476,9 +499,9 @@ fn rbtree_to_ir(mut raw: Vec<RawElement>) -> Result<Vec<Element>> {
 
 fn range_element(first: IpAddr, last: IpAddr, start: RawElement) -> Result<Element> {
     Ok(Element {
-        key: vec![KeyValue::Net(prefix_of_range(first, last)?)],
+        key: [KeyValue::Net(prefix_of_range(first, last)?)].into(),
         verdict: start.verdict,
-        data: Vec::new(),
+        data: Values::new(),
         comment: start.comment,
     })
 }
@@ -508,9 +531,9 @@ mod tests {
             elements: nets
                 .iter()
                 .map(|n| Element {
-                    key: vec![net(n)],
+                    key: [net(n)].into(),
                     verdict: None,
-                    data: Vec::new(),
+                    data: Values::new(),
                     comment: None,
                 })
                 .collect(),
@@ -581,13 +604,14 @@ mod tests {
 
     fn endpoint(bucket: u32, ip: &str, port: u16) -> Element {
         Element {
-            key: vec![
+            key: [
                 KeyValue::Proto(svcproxy_compiler::nft::ir::L4Proto::Tcp),
                 KeyValue::Port(30080),
                 KeyValue::Int(bucket),
-            ],
+            ]
+            .into(),
             verdict: None,
-            data: vec![net(ip), KeyValue::Port(port)],
+            data: [net(ip), KeyValue::Port(port)].into(),
             comment: (bucket == 1).then(|| "b".to_string()),
         }
     }
@@ -632,7 +656,7 @@ mod tests {
     #[test]
     fn data_map_elements_need_data_of_the_maps_types() {
         let mut no_data = endpoint(0, "10.244.1.1/32", 8080);
-        no_data.data.clear();
+        no_data.data = Values::new();
         let mut verdict = endpoint(0, "10.244.1.1/32", 8080);
         verdict.verdict = Some(Verdict::Accept);
         let wrong_type = endpoint(0, "fd00::1/128", 8080);
@@ -649,6 +673,52 @@ mod tests {
         let mut dynamic = endpoint_map(vec![endpoint(0, "10.244.1.1/32", 1)]);
         dynamic.flags.dynamic = true;
         assert!(element_attrs(&dynamic, &dynamic.elements).is_err());
+    }
+
+    /// A set of someone else's making in our table, with a longer key (or datum)
+    /// than an `Element` holds: a decode error naming it.
+    #[test]
+    fn keys_longer_than_an_element_holds_are_refused() {
+        let five = vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Ipv4Addr,
+            KeyType::InetService,
+        ];
+        let raw = || {
+            vec![RawElement {
+                key: vec![0; layout::key_len(&five)],
+                key_end: None,
+                interval_end: false,
+                verdict: None,
+                value: Some(vec![0; 12]),
+                comment: None,
+            }]
+        };
+        let info = |key: Vec<KeyType>, data| SetInfo {
+            name: "theirs".into(),
+            flags: 0,
+            key,
+            data,
+            timeout_ms: None,
+            exprs: None,
+            comment: None,
+        };
+        let long_key = info(five.clone(), None);
+        let mut element = raw();
+        element[0].value = None;
+        let error = elements_to_ir(&long_key, element).unwrap_err().to_string();
+        assert!(error.contains("set theirs: key of 5 components"), "{error}");
+        let long_data = info(
+            vec![KeyType::Ipv4Addr],
+            Some(MapData::Value(vec![KeyType::Ipv4Addr; 3])),
+        );
+        let mut element = raw();
+        element[0].key = vec![0; 4];
+        assert!(elements_to_ir(&long_data, element.clone()).is_err());
+        let error = map_entries(&long_data, element).unwrap_err().to_string();
+        assert!(error.contains("set theirs:"), "{error}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use svcproxy_compiler::nft::ir::{Family, KeyType, KeyValue, L4Proto};
+use svcproxy_compiler::nft::ir::{Family, KeyType, KeyValue, L4Proto, Values};
 
 use super::error::{Error, Result};
 use super::uapi::reg;
@@ -186,8 +186,9 @@ fn key_bytes_with(
     Ok(out)
 }
 
-/// Splits key bytes back into values (addresses as host prefixes).
-pub(crate) fn key_values(key: &[KeyType], bytes: &[u8]) -> Result<Vec<KeyValue>> {
+/// Splits key bytes back into values (addresses as host prefixes); an error if there
+/// are more than `N`.
+pub(crate) fn key_values<const N: usize>(key: &[KeyType], bytes: &[u8]) -> Result<Values<N>> {
     if bytes.len() != key_len(key) {
         return Err(Error::decode(format!(
             "key of {} bytes for a key of length {}",
@@ -197,7 +198,7 @@ pub(crate) fn key_values(key: &[KeyType], bytes: &[u8]) -> Result<Vec<KeyValue>>
     }
     let concat = key.len() > 1;
     let mut rest = bytes;
-    let mut values = Vec::with_capacity(key.len());
+    let mut values = Values::new();
     for ty in key {
         let width = if concat {
             padded_len(*ty)
@@ -207,7 +208,7 @@ pub(crate) fn key_values(key: &[KeyType], bytes: &[u8]) -> Result<Vec<KeyValue>>
         let (field, tail) = rest.split_at(width);
         rest = tail;
         let field = &field[..type_len(*ty)];
-        values.push(match ty {
+        let value = match ty {
             KeyType::Ipv4Addr | KeyType::Ipv6Addr => {
                 KeyValue::Net(IpNet::from(addr_from_bytes(field)?))
             }
@@ -216,7 +217,10 @@ pub(crate) fn key_values(key: &[KeyType], bytes: &[u8]) -> Result<Vec<KeyValue>>
             KeyType::Integer => {
                 KeyValue::Int(u32::from_ne_bytes([field[0], field[1], field[2], field[3]]))
             }
-        });
+        };
+        values
+            .push(value)
+            .map_err(|e| Error::decode(format!("key of {} components: {e}", key.len())))?;
     }
     Ok(values)
 }
@@ -291,7 +295,7 @@ mod tests {
         ];
         let bytes = key_bytes(&V4_SVC, &values).unwrap();
         assert_eq!(bytes, [10, 96, 0, 1, 6, 0, 0, 0, 1, 187, 0, 0]);
-        assert_eq!(key_values(&V4_SVC, &bytes).unwrap(), values);
+        assert_eq!(*key_values::<4>(&V4_SVC, &bytes).unwrap(), values);
         assert!(key_bytes(&V6_SVC, &values).is_err());
     }
 
@@ -322,7 +326,8 @@ mod tests {
             .map(|w| u32::from_ne_bytes(w.try_into().unwrap()))
             .collect();
         assert_eq!(words, [0x0100_600a, 0x0000_0006, 0x0000_5000, 0x0000_0001]);
-        assert_eq!(key_values(&V4_BUCKET, &bytes).unwrap(), values);
+        assert_eq!(*key_values::<4>(&V4_BUCKET, &bytes).unwrap(), values);
+        assert!(key_values::<3>(&V4_BUCKET, &bytes).is_err());
         // A bucket is not a port.
         assert!(key_bytes(&[KeyType::Integer], &[KeyValue::Port(1)]).is_err());
     }

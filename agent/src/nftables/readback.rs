@@ -79,8 +79,8 @@ impl NftSocket {
                 let values = elements
                     .into_iter()
                     .map(
-                        |mut e| match (e.key.len(), e.verdict.is_some(), e.data.is_empty()) {
-                            (1, false, true) => Ok(e.key.remove(0)),
+                        |e| match (e.key.as_slice(), e.verdict.is_some(), e.data.is_empty()) {
+                            ([value], false, true) => Ok(*value),
                             _ => Err(Error::decode(format!(
                                 "anonymous set {} is not a list of single values",
                                 info.name

@@ -292,7 +292,7 @@ fn shared_chain_refers_to(table: &Table, set: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt};
+    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt, Values};
 
     /// A table with one shared chain using `endpoints-2`, as the layout makes it.
     fn committed() -> Ruleset {
@@ -307,9 +307,9 @@ mod tests {
             elements,
         };
         let element = |port: u16| Element {
-            key: vec![KeyValue::Port(port)],
+            key: [KeyValue::Port(port)].into(),
             verdict: None,
-            data: Vec::new(),
+            data: Values::new(),
             comment: None,
         };
         Ruleset {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use svcproxy_compiler::nft::TABLE_NAME;
-use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset};
+use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset, Values};
 
 use super::affinity::{StaleAffinity, stale_affinity};
 use super::fragment;
@@ -349,11 +349,11 @@ impl NftSyncer {
             };
             let keys: Vec<Element> = entries
                 .into_iter()
-                .filter(|e| !stale.valid.contains(&e.data))
+                .filter(|e| !stale.valid.contains(e.data.as_slice()))
                 .map(|e| Element {
                     key: e.key,
                     verdict: None,
-                    data: Vec::new(),
+                    data: Values::new(),
                     comment: None,
                 })
                 .collect();

@@ -82,12 +82,12 @@ fn table(fp: &FamilyPlan, state: &IpvsState) -> Table {
             .bind_addresses
             .iter()
             .filter(|ip| Family::of(ip) == family)
-            .map(|ip| (vec![net(*ip)], None)),
+            .map(|ip| ([net(*ip)].into(), None)),
     );
     for sp in &fp.ports {
         if let (Some(port), Some(_)) = (sp.health_check_node_port, &sp.external) {
-            let key = vec![KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)];
-            t.elements(HEALTH_CHECK_PORTS, [(key, Some(Verdict::Return))]);
+            let key = [KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)];
+            t.elements(HEALTH_CHECK_PORTS, [(key.into(), Some(Verdict::Return))]);
         }
     }
     let servers = state
@@ -281,11 +281,12 @@ impl TableBuilder {
 
     fn virtual_server(&mut self, sp: &ServicePortPlan, vs: &VirtualServer) {
         let proto = vs.protocol;
-        let key = vec![
+        let values = [
             net(vs.address),
             KeyValue::Proto(proto),
             KeyValue::Port(vs.port),
         ];
+        let key = Values::from(values);
         let comment = Some(crate::nft::layout::comment_text(&sp.id.to_string()));
         let verdict = match vs.verdict {
             super::Verdict::Forward => Verdict::Return,
@@ -293,24 +294,24 @@ impl TableBuilder {
             super::Verdict::Reject => Verdict::Goto(REJECT_CHAIN.into()),
         };
         self.parts
-            .element(SERVICE_PORTS, key.clone(), Some(verdict), comment.clone());
+            .element(SERVICE_PORTS, key, Some(verdict), comment.clone());
 
         let external = sp.external.as_ref();
         if vs.kind == AddressKind::LoadBalancer {
             if let Some(firewall) = external.and_then(|e| e.firewall.as_ref()) {
-                self.parts.element(
-                    FIREWALL_IPS,
-                    key.clone(),
-                    Some(Verdict::Drop),
-                    comment.clone(),
-                );
+                self.parts
+                    .element(FIREWALL_IPS, key, Some(Verdict::Drop), comment.clone());
                 // The kernel refuses overlapping ranges in a concatenated interval
                 // map: merge them (the same sources are allowed).
                 for source in IpNet::aggregate(&firewall.allowed) {
-                    let mut with_source = key.clone();
-                    with_source.push(KeyValue::Net(source));
-                    self.parts
-                        .element(FIREWALL_ALLOW, with_source, Some(Verdict::Return), None);
+                    let [addr, proto, port] = values;
+                    let with_source = [addr, proto, port, KeyValue::Net(source)];
+                    self.parts.element(
+                        FIREWALL_ALLOW,
+                        with_source.into(),
+                        Some(Verdict::Return),
+                        None,
+                    );
                 }
             }
         }
@@ -340,7 +341,7 @@ impl TableBuilder {
                 .element(MASQUERADE_SERVICES, key, Some(Verdict::Goto(chain)), None);
         }
         for rs in &vs.real_servers {
-            let key = vec![
+            let key = [
                 net(rs.address),
                 KeyValue::Proto(proto),
                 KeyValue::Port(rs.port),
@@ -348,7 +349,7 @@ impl TableBuilder {
             ];
             self.parts.element(
                 HAIRPIN,
-                key,
+                key.into(),
                 Some(Verdict::Jump(MARK_FOR_MASQUERADE.into())),
                 None,
             );
@@ -382,7 +383,7 @@ impl TableBuilder {
     fn elements(
         &mut self,
         set: &str,
-        elements: impl IntoIterator<Item = (Vec<KeyValue>, Option<Verdict>)>,
+        elements: impl IntoIterator<Item = (Values<MAX_KEY>, Option<Verdict>)>,
     ) {
         for (key, verdict) in elements {
             self.parts.element(set, key, verdict, None);

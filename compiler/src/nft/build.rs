@@ -44,7 +44,7 @@ impl TableParts {
     pub fn element(
         &mut self,
         set: &str,
-        key: Vec<KeyValue>,
+        key: Values<MAX_KEY>,
         verdict: Option<Verdict>,
         comment: Option<String>,
     ) {
@@ -52,7 +52,7 @@ impl TableParts {
             set.elements.push(Element {
                 key,
                 verdict,
-                data: Vec::new(),
+                data: Values::new(),
                 comment,
             });
         }

@@ -254,10 +254,9 @@ fn table<P: std::borrow::Borrow<ServicePortPlan>>(
 /// NodePort, which is matched on protocol and port only), protocol and port.
 ///
 /// The sets and maps with an element per service port collect these rather than
-/// `Vec<KeyValue>`s: no allocation per key, and sorting compares fields directly.
-/// Within one set every key has the same shape, and then the derived order (fields
-/// in declaration order; an `IpAddr` orders as its host prefix) is the order of the
-/// key values they become.
+/// their [`Values`]: sorting compares fields directly. Within one set every key has
+/// the same shape, and then the derived order (fields in declaration order; an
+/// `IpAddr` orders as its host prefix) is the order of the key values they become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct PortKey {
     addr: Option<IpAddr>,
@@ -266,13 +265,22 @@ struct PortKey {
 }
 
 impl PortKey {
-    /// The key values, with room for `extra` more (an endpoint map's bucket).
-    fn values(self, extra: usize) -> Vec<KeyValue> {
-        let mut values = Vec::with_capacity(3 + extra);
-        values.extend(self.addr.map(net));
-        values.push(KeyValue::Proto(self.proto));
-        values.push(KeyValue::Port(self.port));
-        values
+    /// The key values.
+    fn values(self) -> Values<MAX_KEY> {
+        let (proto, port) = (KeyValue::Proto(self.proto), KeyValue::Port(self.port));
+        match self.addr {
+            Some(ip) => [net(ip), proto, port].into(),
+            None => [proto, port].into(),
+        }
+    }
+
+    /// The key values and an endpoint map's bucket `i`.
+    fn with_bucket(self, i: u32) -> Values<MAX_KEY> {
+        let (proto, port) = (KeyValue::Proto(self.proto), KeyValue::Port(self.port));
+        match self.addr {
+            Some(ip) => [net(ip), proto, port, KeyValue::Int(i)].into(),
+            None => [proto, port, KeyValue::Int(i)].into(),
+        }
     }
 }
 
@@ -367,22 +375,24 @@ impl<'a> TableBuilder<'a> {
 
     /// The elements of the sets whose keys were collected (see [`TableBuilder`]).
     fn collected_sets(&mut self) {
-        let element = |key: Vec<KeyValue>| Element {
+        let element = |key: Values<MAX_KEY>| Element {
             key,
             verdict: None,
-            data: Vec::new(),
+            data: Values::new(),
             comment: None,
         };
         let cluster_ips = std::mem::take(&mut self.cluster_ips).into_sorted();
-        let elements = cluster_ips.map(|ip| element(vec![net(ip)])).collect();
+        let elements = cluster_ips.map(|ip| element([net(ip)].into())).collect();
         self.parts.fill_sorted(CLUSTER_IPS, elements);
         let hairpin = std::mem::take(&mut self.hairpin).into_sorted();
-        let elements = hairpin.map(|ip| element(vec![net(ip), net(ip)])).collect();
+        let elements = hairpin
+            .map(|ip| element([net(ip), net(ip)].into()))
+            .collect();
         self.parts.fill_sorted(HAIRPIN_ENDPOINTS, elements);
         for (set, mut keys) in std::mem::take(&mut self.port_sets) {
             keys.sort_unstable();
             keys.dedup();
-            let elements = keys.into_iter().map(|k| element(k.values(0))).collect();
+            let elements = keys.into_iter().map(|k| element(k.values())).collect();
             self.parts.fill_sorted(set, elements);
         }
     }
@@ -411,9 +421,9 @@ impl<'a> TableBuilder<'a> {
             set.elements = cidrs
                 .iter()
                 .map(|net| Element {
-                    key: vec![KeyValue::Net(*net)],
+                    key: [KeyValue::Net(*net)].into(),
                     verdict: None,
-                    data: Vec::new(),
+                    data: Values::new(),
                     comment: None,
                 })
                 .collect();
@@ -961,7 +971,7 @@ impl<'a> TableBuilder<'a> {
                 if let Some(affinity) = &affinity {
                     self.parts.element(
                         AFFINITY_RECORDS,
-                        key.values(0),
+                        key.values(),
                         Some(Verdict::Goto(affinity.record_chain.clone())),
                         None,
                     );
@@ -970,7 +980,7 @@ impl<'a> TableBuilder<'a> {
             }
             other => self.parts.element(
                 NO_ENDPOINT_SERVICES,
-                dispatch(sp.cluster_ip).values(0),
+                dispatch(sp.cluster_ip).values(),
                 Some(reject_or_drop(other)),
                 comment(),
             ),
@@ -1008,12 +1018,12 @@ impl<'a> TableBuilder<'a> {
                 }
                 if let Some(record) = &record {
                     self.parts
-                        .element(AFFINITY_RECORDS, key.values(0), Some(record.clone()), None);
+                        .element(AFFINITY_RECORDS, key.values(), Some(record.clone()), None);
                 }
                 if !forwards {
                     self.parts.element(
                         NO_ENDPOINT_SERVICES,
-                        key.values(0),
+                        key.values(),
                         Some(reject_or_drop(external.disposition)),
                         comment(),
                     );
@@ -1033,7 +1043,7 @@ impl<'a> TableBuilder<'a> {
                 for ip in &sp.load_balancer_ips {
                     self.parts.element(
                         FIREWALL_IPS,
-                        dispatch(*ip).values(0),
+                        dispatch(*ip).values(),
                         Some(Verdict::Goto(chain.clone())),
                         comment(),
                     );
@@ -1054,7 +1064,7 @@ impl<'a> TableBuilder<'a> {
                 if let Some(record) = &record {
                     self.parts.element(
                         AFFINITY_NODEPORT_RECORDS,
-                        key.values(0),
+                        key.values(),
                         Some(record.clone()),
                         None,
                     );
@@ -1062,7 +1072,7 @@ impl<'a> TableBuilder<'a> {
                 if !forwards {
                     self.parts.element(
                         NO_ENDPOINT_NODEPORTS,
-                        key.values(0),
+                        key.values(),
                         Some(reject_or_drop(external.disposition)),
                         comment(),
                     );
@@ -1102,7 +1112,7 @@ impl<'a> TableBuilder<'a> {
         if let Some(chain) = known {
             self.parts.element(
                 pick.clients_map(),
-                key.values(0),
+                key.values(),
                 Some(Verdict::Jump(chain.clone())),
                 None,
             );
@@ -1273,12 +1283,10 @@ fn endpoint_map_elements(mut map: EndpointMap, count: u32) -> (Vec<Element>, boo
     for (key, first) in map.keys {
         let endpoints = &map.endpoints[first..first + count as usize];
         for (i, &(ip, port)) in (0..count).zip(endpoints) {
-            let mut key = key.values(1);
-            key.push(KeyValue::Int(i));
             elements.push(Element {
-                key,
+                key: key.with_bucket(i),
                 verdict: None,
-                data: vec![net(ip), KeyValue::Port(port)],
+                data: [net(ip), KeyValue::Port(port)].into(),
                 comment: None,
             });
         }
@@ -1377,7 +1385,7 @@ mod tests {
         let keys = port_keys();
         for a in &keys {
             for b in keys.iter().filter(|b| b.addr.is_some() == a.addr.is_some()) {
-                assert_eq!(a.cmp(b), a.values(0).cmp(&b.values(0)), "{a:?} vs {b:?}");
+                assert_eq!(a.cmp(b), a.values().cmp(&b.values()), "{a:?} vs {b:?}");
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use svcproxy_compiler::nft::ir::{Element, Family, KeyValue, Ruleset, Set, Table};
+use svcproxy_compiler::nft::ir::{Element, Family, MAX_KEY, Ruleset, Set, Table, Values};
 
 use super::{Change, Changes, Op};
 
@@ -17,7 +17,7 @@ impl Changes {
 
 /// The element edits of one set, by key, in effect after a run of changes: the
 /// element the set ends with (`None`: deleted).
-type Edits = BTreeMap<Vec<KeyValue>, Option<Element>>;
+type Edits = BTreeMap<Values<MAX_KEY>, Option<Element>>;
 
 /// [`Changes::apply_to`] for any run of changes, several transactions' worth included.
 /// A set's element changes are collected and merged into it in one pass, at the end
@@ -32,13 +32,13 @@ pub fn apply_all(changes: &[Change], state: &mut Ruleset) {
             Op::AddElements { set, elements } => {
                 let set_edits = edits.entry((change.family, table, &set.name)).or_default();
                 for element in elements {
-                    set_edits.insert(element.key.clone(), Some(element.clone()));
+                    set_edits.insert(element.key, Some(element.clone()));
                 }
             }
             Op::DeleteElements { set, elements } => {
                 let set_edits = edits.entry((change.family, table, &set.name)).or_default();
                 for element in elements {
-                    set_edits.insert(element.key.clone(), None);
+                    set_edits.insert(element.key, None);
                 }
             }
             _ => {
@@ -158,9 +158,9 @@ mod tests {
             elements: elements
                 .iter()
                 .map(|p| Element {
-                    key: vec![KeyValue::Port(*p)],
+                    key: [KeyValue::Port(*p)].into(),
                     verdict: None,
-                    data: Vec::new(),
+                    data: Values::new(),
                     comment: None,
                 })
                 .collect(),

@@ -418,9 +418,9 @@ mod tests {
                 exprs: None,
                 elements: (0..120_000u32)
                     .map(|i| Element {
-                        key: vec![KeyValue::Int(i)],
+                        key: [KeyValue::Int(i)].into(),
                         verdict: None,
-                        data: vec![KeyValue::Port(80)],
+                        data: [KeyValue::Port(80)].into(),
                         comment: None,
                     })
                     .collect(),
@@ -481,8 +481,8 @@ mod tests {
                     data: vec![],
                 })
             },
-            |t| t.sets[0].elements[10].data = vec![KeyValue::Port(81)],
-            |t| t.sets[0].elements[100_000].key = vec![KeyValue::Int(7)],
+            |t| t.sets[0].elements[10].data = [KeyValue::Port(81)].into(),
+            |t| t.sets[0].elements[100_000].key = [KeyValue::Int(7)].into(),
             |t| t.sets[0].elements.truncate(119_999),
             |t| t.comment = Some("x".into()),
             |t| t.chains.truncate(4999),

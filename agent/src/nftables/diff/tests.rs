@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, Element, Family, Hook, KeyExpr, KeyType, KeyValue,
-    L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Verdict,
+    L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Values, Verdict,
 };
 
 use super::*;
@@ -39,9 +39,9 @@ fn chain(name: &str, rules: Vec<Rule>) -> Chain {
 
 fn dispatch(ip: &str, port: u16, target: &str) -> Element {
     Element {
-        key: vec![net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)],
+        key: [net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)].into(),
         verdict: Some(Verdict::Goto(target.into())),
-        data: Vec::new(),
+        data: Values::new(),
         comment: None,
     }
 }
@@ -71,9 +71,9 @@ fn addr_set(name: &str, flags: SetFlags, nets: &[&str]) -> Set {
         elements: nets
             .iter()
             .map(|n| Element {
-                key: vec![net(n)],
+                key: [net(n)].into(),
                 verdict: None,
-                data: Vec::new(),
+                data: Values::new(),
                 comment: None,
             })
             .collect(),
@@ -337,13 +337,14 @@ fn endpoint_map(count: u32, endpoints: &[(u16, &str)]) -> Set {
         .iter()
         .zip((0..count).cycle())
         .map(|((port, ip), bucket)| Element {
-            key: vec![
+            key: [
                 KeyValue::Proto(L4Proto::Tcp),
                 KeyValue::Port(*port),
                 KeyValue::Int(bucket),
-            ],
+            ]
+            .into(),
             verdict: None,
-            data: vec![net(ip), KeyValue::Port(8080)],
+            data: [net(ip), KeyValue::Port(8080)].into(),
             comment: None,
         })
         .collect();

@@ -365,8 +365,8 @@ impl Decoder<'_> {
                         16 => KeyType::Ipv6Addr,
                         _ => return None,
                     };
-                    let value = match layout::key_values(&[ty], bytes) {
-                        Ok(mut values) => values.pop()?,
+                    let value = match layout::key_values::<1>(&[ty], bytes) {
+                        Ok(values) => *values.first()?,
                         Err(e) => return Some(Err(e)),
                     };
                     data.push((ty, value));
