@@ -294,9 +294,10 @@ mod tests {
     use super::*;
     use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt, Values};
 
-    /// A table with one shared chain using `endpoints-2`, as the layout makes it.
-    fn committed() -> Ruleset {
-        let text_free_set = |name: &str, elements: Vec<Element>| Set {
+    /// A set as these tests need it: a name and elements (the types do not matter to
+    /// the fitting).
+    fn set(name: &str, elements: Vec<Element>) -> Set {
+        Set {
             name: name.into(),
             key: vec![],
             data: None,
@@ -305,7 +306,11 @@ mod tests {
             comment: None,
             exprs: None,
             elements,
-        };
+        }
+    }
+
+    /// A table with one shared chain using `endpoints-2`, as the layout makes it.
+    fn committed() -> Ruleset {
         let element = |port: u16| Element {
             key: [KeyValue::Port(port)].into(),
             verdict: None,
@@ -317,7 +322,7 @@ mod tests {
                 family: Family::Ip,
                 name: "svcproxy".into(),
                 comment: None,
-                sets: vec![text_free_set("endpoints-2", vec![element(1), element(2)])],
+                sets: vec![set("endpoints-2", vec![element(1), element(2)])],
                 chains: vec![svcproxy_compiler::nft::ir::Chain {
                     name: "pick-endpoint".into(),
                     base: None,
@@ -443,27 +448,17 @@ mod tests {
     #[test]
     fn a_hairpin_address_another_service_still_sends_to_stays() {
         let net = |ip: &str| KeyValue::Net(ip.parse::<IpAddr>().expect("literal").into());
-        let set = |name: &str, elements: Vec<Element>| Set {
-            name: name.into(),
-            key: vec![],
-            data: None,
-            flags: Default::default(),
-            timeout_secs: None,
-            comment: None,
-            exprs: None,
-            elements,
-        };
         // Two service ports send to 10.0.0.9 (bucket 0 of ports 80 and 81).
         let to = |port: u16, ip: &str| Element {
-            key: vec![KeyValue::Port(port), KeyValue::Int(0)],
+            key: [KeyValue::Port(port), KeyValue::Int(0)].into(),
             verdict: None,
-            data: vec![net(ip), KeyValue::Port(8080)],
+            data: [net(ip), KeyValue::Port(8080)].into(),
             comment: None,
         };
         let hairpin = |ip: &str| Element {
-            key: vec![net(ip), net(ip)],
+            key: [net(ip), net(ip)].into(),
             verdict: None,
-            data: Vec::new(),
+            data: Values::new(),
             comment: None,
         };
         let map = set("endpoints-1", vec![to(80, "10.0.0.9"), to(81, "10.0.0.9")]);
