@@ -220,7 +220,12 @@ impl Agent {
             outcome.messages,
             outcome.services.is_some(),
         );
+        // Drift is what a read-back of the kernel found. A resync that could trust its
+        // view (nftables: nobody committed since) only finishes svcproxy's own
+        // deferred work, such as the endpoint maps a Service-by-Service sync left
+        // empty: not drift.
         if trigger == Trigger::Resync
+            && outcome.kind == SyncKind::Full
             && let Some(changes) = &outcome.changes
         {
             tracing::warn!(
