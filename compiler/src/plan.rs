@@ -292,19 +292,22 @@ impl ServicePortPlan {
 
 /// Builds the plan. `services` are validated and allocated.
 pub fn build(snapshot: &Snapshot, services: &[ServiceSpec], node: &NodeContext) -> Vec<FamilyPlan> {
-    build_with(snapshot, services, node, PARALLEL_SERVICES)
-}
-
-/// [`build`], planning on two threads from `parallel_from` Services on.
-fn build_with(
-    snapshot: &Snapshot,
-    services: &[ServiceSpec],
-    node: &NodeContext,
-    parallel_from: usize,
-) -> Vec<FamilyPlan> {
     let mut families = Vec::new();
     for family in [Family::Ip, Family::Ip6] {
-        let mut ports = plan_ports(snapshot, services, family, node, parallel_from);
+        let mut ports = Vec::new();
+        for service in services.iter().filter(|s| s.is_proxied()) {
+            let Some(cluster_ip) = service
+                .cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| Family::of(ip) == family)
+            else {
+                continue;
+            };
+            for port in &service.ports {
+                ports.push(plan_port(snapshot, service, port, family, cluster_ip, node));
+            }
+        }
         let in_use = !ports.is_empty()
             || node.node_ip(family).is_some()
             || !node.service_cidrs(family).is_empty();
@@ -326,53 +329,6 @@ fn build_with(
         });
     }
     families
-}
-
-/// Below this many Services, planning stays on the calling thread.
-const PARALLEL_SERVICES: usize = 2048;
-
-/// The service ports of one family, in the order of `services`. A port's plan depends
-/// on its Service and the snapshot only, so a large snapshot's halves are planned on
-/// two threads and joined in order: the same plan, in about half the time on a node
-/// with two cores (copying endpoints into pools is most of it).
-fn plan_ports(
-    snapshot: &Snapshot,
-    services: &[ServiceSpec],
-    family: Family,
-    node: &NodeContext,
-    parallel_from: usize,
-) -> Vec<ServicePortPlan> {
-    let ports_of = |services: &[ServiceSpec]| -> Vec<ServicePortPlan> {
-        let mut ports = Vec::new();
-        for service in services.iter().filter(|s| s.is_proxied()) {
-            let Some(cluster_ip) = service
-                .cluster_ips
-                .iter()
-                .copied()
-                .find(|ip| Family::of(ip) == family)
-            else {
-                continue;
-            };
-            for port in &service.ports {
-                ports.push(plan_port(snapshot, service, port, family, cluster_ip, node));
-            }
-        }
-        ports
-    };
-    if services.len() < parallel_from.max(2) {
-        return ports_of(services);
-    }
-    let (first, second) = services.split_at(services.len() / 2);
-    std::thread::scope(|scope| {
-        let second = scope.spawn(|| ports_of(second));
-        let mut ports = ports_of(first);
-        match second.join() {
-            Ok(rest) => ports.extend(rest),
-            // A panic there is a bug here: raise it on this thread, as it would have.
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-        ports
-    })
 }
 
 fn plan_port(
@@ -563,20 +519,6 @@ mod changes {
             assert!(part.same_settings(whole));
         }
         assert!(!only.families[0].ports.is_empty());
-    }
-
-    #[test]
-    fn planning_on_two_threads_gives_the_same_plan() {
-        let node = synth::node_context();
-        let source = synth::generate(&Spec::new(300, 3)).source;
-        let objects = crate::input::parse_source(&source).expect("parses");
-        let mut snapshot = Snapshot::from_objects(objects).expect("valid");
-        let services = std::mem::take(&mut snapshot.services);
-        let allocated = crate::allocate::allocate(services, &node).expect("allocates");
-        let one = build_with(&snapshot, &allocated.services, &node, usize::MAX);
-        let two = build_with(&snapshot, &allocated.services, &node, 0);
-        assert!(one.iter().map(|f| f.ports.len()).sum::<usize>() > 300);
-        assert_eq!(one, two);
     }
 
     #[test]
