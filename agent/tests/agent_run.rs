@@ -228,7 +228,9 @@ fn run_follows_snapshot_edits_repairs_drift_and_survives_bad_snapshots() {
     .unwrap();
     // The edit was synced by diffing the changed Service alone, and the kernel holds
     // what a whole sync would have made.
-    assert_eq!(counter(&c.node, "svcproxy_service_syncs_total"), 1);
+    // (At least one: inotify may report the write in more than one event, and a
+    // second sync finding nothing to change is a Service sync of no Services.)
+    assert!(counter(&c.node, "svcproxy_service_syncs_total") >= 1);
     let plan = plan_output(&c.node, &snap.file());
     assert!(
         plan.starts_with("# no changes"),
