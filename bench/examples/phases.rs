@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p svcproxy-bench --example phases -- SERVICES ENDPOINTS [RUNS]`
 //!
-//! Prints, per phase, the median over RUNS (default 7) of the wall time and of the
-//! thread's CPU time: on a shared machine the CPU time is the steadier of the two.
+//! Prints, per phase, the median over RUNS (default 7) of the wall time, of the
+//! thread's CPU time and its system part, and of the minor page faults: on a shared
+//! machine the CPU time is the steadier of the times, and the faults do not depend
+//! on the machine's speed at all.
 
 /// The allocator the `svcproxy` binary uses, so the figures are the product's, with
 /// a count of the bytes allocated (`--rss` prints it per step).
@@ -72,22 +74,50 @@ use svcproxy_bench::{compile_parsed, compile_ruleset};
 use svcproxy_compiler::synth::{self, Spec};
 use svcproxy_compiler::{allocate, input, model, nft, plan};
 
-/// This thread's CPU time so far.
-fn cpu_now() -> Duration {
-    // SAFETY: clock_gettime fills the struct it is given.
-    let ts = unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
-        ts
-    };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+/// One sample of a phase: wall time, this thread's CPU time, the part of it spent
+/// in the kernel, and the minor page faults taken (memory touched for the first time,
+/// or again after it was returned to the system).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+    sys: Duration,
+    faults: u64,
 }
 
-/// Runs `f`, returning its value and (wall, cpu) time.
-fn timed<T>(f: impl FnOnce() -> T) -> (T, (Duration, Duration)) {
-    let (wall, cpu) = (Instant::now(), cpu_now());
+/// This thread's CPU time, its system part, and its minor faults so far.
+fn thread_usage() -> (Duration, Duration, u64) {
+    // SAFETY: clock_gettime and getrusage fill the structs they are given.
+    let (ts, usage) = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        (ts, usage)
+    };
+    let sys = Duration::new(
+        usage.ru_stime.tv_sec as u64,
+        usage.ru_stime.tv_usec as u32 * 1000,
+    );
+    (
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+        sys,
+        usage.ru_minflt as u64,
+    )
+}
+
+/// Runs `f`, returning its value and its [`Sample`].
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Sample) {
+    let (wall, (cpu, sys, faults)) = (Instant::now(), thread_usage());
     let value = f();
-    (value, (wall.elapsed(), cpu_now() - cpu))
+    let (cpu_after, sys_after, faults_after) = thread_usage();
+    let sample = Sample {
+        wall: wall.elapsed(),
+        cpu: cpu_after - cpu,
+        sys: sys_after - sys,
+        faults: faults_after - faults,
+    };
+    (value, sample)
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -119,7 +149,9 @@ fn rss_trace(services: usize, endpoints: usize) {
     drop(snapshot);
     memory("text dropped");
     let collect = std::env::var_os("COLLECT").is_some();
-    if collect {
+    let at =
+        |w: &str| collect && std::env::var("COLLECT").map_or(true, |v| v == "1" || v.contains(w));
+    if at("parse") {
         // What `Options::release_memory` does in the product, after parsing.
         svcproxy_agent::release_memory();
         memory("collected");
@@ -138,7 +170,7 @@ fn rss_trace(services: usize, endpoints: usize) {
     };
     drop((snap, allocated));
     memory("snapshot dropped");
-    if collect {
+    if at("plan") {
         // And after planning.
         svcproxy_agent::release_memory();
         memory("collected");
@@ -151,7 +183,10 @@ fn rss_trace(services: usize, endpoints: usize) {
     } else {
         (
             // As the product does, releasing memory before the elements are made.
-            nft::ruleset_owned(p, collect.then_some(svcproxy_agent::release_memory as fn())),
+            nft::ruleset_owned(
+                p,
+                at("elements").then_some(svcproxy_agent::release_memory as fn()),
+            ),
             None,
         )
     };
@@ -274,7 +309,7 @@ fn main() {
         "parsed objects -> IR (compile_parsed)",
         "text -> IR (compile_ruleset)",
     ];
-    let mut samples: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); phases.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); phases.len()];
     let mut chains = 0;
     for _ in 0..runs {
         let (objects, t) = timed(|| input::parse_source(&snapshot.source).expect("parses"));
@@ -308,10 +343,17 @@ fn main() {
         "{services} services x {endpoints} endpoints, {} MB of JSON, {chains} chains; median of {runs}",
         snapshot.source.text.len() >> 20
     );
-    println!("{:<40} {:>12} {:>12}", "phase", "wall", "cpu");
+    println!(
+        "{:<40} {:>10} {:>10} {:>10} {:>8}",
+        "phase", "wall", "cpu", "sys", "faults"
+    );
     for (name, s) in phases.iter().zip(samples) {
-        let wall = median(s.iter().map(|t| t.0).collect());
-        let cpu = median(s.iter().map(|t| t.1).collect());
-        println!("{name:<40} {:>12.1?} {:>12.1?}", wall, cpu);
+        let wall = median(s.iter().map(|t| t.wall).collect());
+        let cpu = median(s.iter().map(|t| t.cpu).collect());
+        let sys = median(s.iter().map(|t| t.sys).collect());
+        let mut faults: Vec<u64> = s.iter().map(|t| t.faults).collect();
+        faults.sort_unstable();
+        let faults = faults[faults.len() / 2];
+        println!("{name:<40} {wall:>10.1?} {cpu:>10.1?} {sys:>10.1?} {faults:>8}");
     }
 }

@@ -44,7 +44,7 @@ pub fn allocate(
     let mut fatal = Vec::new();
 
     // 1. Families and the validity of explicit ClusterIPs.
-    let mut kept = Vec::new();
+    let mut kept = Vec::with_capacity(services.len());
     for mut service in services {
         if !service.is_proxied() {
             kept.push(service);

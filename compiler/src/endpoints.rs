@@ -119,20 +119,20 @@ pub fn resolve(
         EndpointSource::None
     };
 
-    found.sort_by_key(|e| (e.ip, e.port));
-    // Merge duplicates, keeping the most usable copy (the first one on a tie).
-    let mut merged: Vec<Endpoint> = Vec::with_capacity(found.len());
-    for endpoint in found {
-        match merged.last_mut() {
-            Some(last) if last.ip == endpoint.ip && last.port == endpoint.port => {
-                if endpoint.rank() > last.rank() {
-                    *last = endpoint;
-                }
-            }
-            _ => merged.push(endpoint),
-        }
+    // A slice usually lists its endpoints in order already: then this is one pass.
+    if !found.is_sorted_by_key(|e| (e.ip, e.port)) {
+        found.sort_by_key(|e| (e.ip, e.port));
     }
-    (merged, source)
+    // Merge duplicates, keeping the most usable copy (the first one on a tie), in
+    // place: `later` is dropped, `kept` stays.
+    found.dedup_by(|later, kept| {
+        let same = later.ip == kept.ip && later.port == kept.port;
+        if same && later.rank() > kept.rank() {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    (found, source)
 }
 
 fn from_groups(
@@ -152,6 +152,7 @@ fn from_groups(
         else {
             continue;
         };
+        found.reserve(group.endpoints.len());
         for endpoint in group
             .endpoints
             .iter()

@@ -340,10 +340,7 @@ impl SnapshotBuilder {
         if !fatal.is_empty() {
             return Err(fatal);
         }
-        snapshot.services = services;
-        // Usually sorted already (kubectl lists by namespace and name): then this is
-        // one pass.
-        snapshot.services.sort_by(|a, b| a.name.cmp(&b.name));
+        snapshot.services = sorted_by_name(services);
         for groups in snapshot.slices.values_mut() {
             groups.sort_by(|a, b| a.object.cmp(&b.object));
         }
@@ -352,6 +349,24 @@ impl SnapshotBuilder {
         }
         Ok(snapshot)
     }
+}
+
+/// The Services in order of name (unique: duplicates are fatal), each moved once.
+/// A `ServiceSpec` is a few hundred bytes, and sorting the specs themselves moved
+/// each of them about log2(n) times: a sixth of the model's time at 10k Services.
+/// A list from kubectl is in order already, and then this is one pass; a snapshot
+/// of many namespaces read in another order is sorted through its indices.
+fn sorted_by_name(services: Vec<ServiceSpec>) -> Vec<ServiceSpec> {
+    if services.is_sorted_by(|a, b| a.name <= b.name) {
+        return services;
+    }
+    let mut order: Vec<usize> = (0..services.len()).collect();
+    order.sort_unstable_by(|&a, &b| services[a].name.cmp(&services[b].name));
+    let mut slots: Vec<Option<ServiceSpec>> = services.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|index| slots[index].take())
+        .collect()
 }
 
 /// FNV-1a for the builder's hash maps: their keys are short names, hashed once per
@@ -792,7 +807,7 @@ fn convert_slice(
             )));
         }
     };
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         let protocol = protocol_at(port.protocol.as_deref(), || format!("ports[{i}].protocol"))
             .map_err(fail)?;

@@ -294,14 +294,21 @@ impl ServicePortPlan {
 pub fn build(snapshot: &Snapshot, services: &[ServiceSpec], node: &NodeContext) -> Vec<FamilyPlan> {
     let mut families = Vec::new();
     for family in [Family::Ip, Family::Ip6] {
-        let mut ports = Vec::new();
-        for service in services.iter().filter(|s| s.is_proxied()) {
-            let Some(cluster_ip) = service
-                .cluster_ips
-                .iter()
-                .copied()
-                .find(|ip| Family::of(ip) == family)
-            else {
+        let cluster_ip = |service: &ServiceSpec| {
+            let mut ips = service.cluster_ips.iter().copied();
+            ips.find(|ip| Family::of(ip) == family)
+                .filter(|_| service.is_proxied())
+        };
+        // Sized first: a port plan is a few hundred bytes, and growing the vector
+        // copied each several times.
+        let count = services
+            .iter()
+            .filter(|s| cluster_ip(s).is_some())
+            .map(|s| s.ports.len())
+            .sum();
+        let mut ports = Vec::with_capacity(count);
+        for service in services {
+            let Some(cluster_ip) = cluster_ip(service) else {
                 continue;
             };
             for port in &service.ports {

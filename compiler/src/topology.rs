@@ -45,19 +45,13 @@ pub fn categorize(
     }
     if uses_cluster {
         let mode = topology_mode(endpoints, node_name, zone);
-        result.cluster = endpoints
-            .iter()
-            .filter(|e| e.ready && available(e, mode, node_name, zone))
-            .cloned()
-            .collect();
+        result.cluster = filtered(endpoints, |e| {
+            e.ready && available(e, mode, node_name, zone)
+        });
         if result.cluster.is_empty() {
             // Nothing ready anywhere: fall back to endpoints that still serve while
             // terminating, so connections keep working during a rolling update.
-            result.cluster = endpoints
-                .iter()
-                .filter(|e| e.is_serving_terminating())
-                .cloned()
-                .collect();
+            result.cluster = filtered(endpoints, Endpoint::is_serving_terminating);
         }
         result.has_any = !result.cluster.is_empty();
     }
@@ -74,22 +68,23 @@ pub fn categorize(
             }
         }
         result.local = if local_ready {
-            endpoints
-                .iter()
-                .filter(|e| e.is_local && e.ready)
-                .cloned()
-                .collect()
+            filtered(endpoints, |e| e.is_local && e.ready)
         } else if local_serving_terminating {
-            endpoints
-                .iter()
-                .filter(|e| e.is_local && e.is_serving_terminating())
-                .cloned()
-                .collect()
+            filtered(endpoints, |e| e.is_local && e.is_serving_terminating())
         } else {
             Vec::new()
         };
     }
     result
+}
+
+/// The endpoints `keep` selects, in a vector of their exact size: counted first, as
+/// a filter gives no size hint and collecting one grew the vector 4, 8, 16 for every
+/// pool of every port.
+fn filtered(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
+    let mut kept = Vec::with_capacity(endpoints.iter().filter(|e| keep(e)).count());
+    kept.extend(endpoints.iter().filter(|e| keep(e)).cloned());
+    kept
 }
 
 /// Hints apply only when every ready endpoint carries one and at least one matches
@@ -99,19 +94,21 @@ pub fn topology_mode(
     node_name: Option<&str>,
     zone: Option<&str>,
 ) -> TopologyMode {
-    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
-    if ready.is_empty() {
+    // Walked again for each question rather than collected: this runs for every
+    // service port, and most have no hints, so the first `all` ends at once.
+    let ready = || endpoints.iter().filter(|e| e.ready);
+    if ready().next().is_none() {
         return TopologyMode::None;
     }
     if let Some(node) = node_name
-        && ready.iter().all(|e| !e.node_hints().is_empty())
-        && ready.iter().any(|e| e.node_hints().contains(node))
+        && ready().all(|e| !e.node_hints().is_empty())
+        && ready().any(|e| e.node_hints().contains(node))
     {
         return TopologyMode::SameNode;
     }
     if let Some(zone) = zone
-        && ready.iter().all(|e| !e.zone_hints().is_empty())
-        && ready.iter().any(|e| e.zone_hints().contains(zone))
+        && ready().all(|e| !e.zone_hints().is_empty())
+        && ready().any(|e| e.zone_hints().contains(zone))
     {
         return TopologyMode::SameZone;
     }

@@ -274,6 +274,22 @@ impl PortKey {
         }
     }
 
+    /// Integers that order as the key does (the derived `Ord`): sorting compares
+    /// these instead of matching the `Option<IpAddr>` field by field, which was a
+    /// tenth of building the table.
+    fn order(self) -> (u8, u128, u32) {
+        let (family, bits) = match self.addr {
+            None => (0, 0),
+            Some(IpAddr::V4(ip)) => (1, u128::from(ip.to_bits())),
+            Some(IpAddr::V6(ip)) => (2, ip.to_bits()),
+        };
+        (
+            family,
+            bits,
+            (self.proto as u32) << 16 | u32::from(self.port),
+        )
+    }
+
     /// The key values and an endpoint map's bucket `i`.
     fn with_bucket(self, i: u32) -> Values<MAX_KEY> {
         let (proto, port) = (KeyValue::Proto(self.proto), KeyValue::Port(self.port));
@@ -304,7 +320,7 @@ impl AddressSet {
 
     /// The addresses in ascending order, each once.
     fn into_sorted(mut self) -> impl Iterator<Item = IpAddr> {
-        self.v4.sort_unstable();
+        radix_sort(&mut self.v4);
         self.v4.dedup();
         self.v6.sort_unstable();
         self.v6.dedup();
@@ -317,6 +333,39 @@ impl AddressSet {
             .into_iter()
             .map(|bits| Ipv6Addr::from_bits(bits).into());
         v4.chain(v6)
+    }
+}
+
+/// Sorts numbers a byte at a time (least significant first), skipping the bytes that
+/// are the same in every number: the first byte of a cluster's pod addresses is. At
+/// 100k endpoint addresses this took a tenth of the instructions of a comparison
+/// sort, which was a twentieth of the whole compile. Short inputs take the
+/// comparison sort.
+fn radix_sort(values: &mut Vec<u32>) {
+    if values.len() < 1024 {
+        values.sort_unstable();
+        return;
+    }
+    let mut scratch = vec![0u32; values.len()];
+    for shift in [0, 8, 16, 24] {
+        let digit = |v: u32| (v >> shift) as usize & 0xff;
+        let mut starts = [0usize; 256];
+        for &v in values.iter() {
+            starts[digit(v)] += 1;
+        }
+        if starts.contains(&values.len()) {
+            continue;
+        }
+        let mut next = 0;
+        for start in &mut starts {
+            (*start, next) = (next, next + *start);
+        }
+        for &v in values.iter() {
+            let slot = &mut starts[digit(v)];
+            scratch[*slot] = v;
+            *slot += 1;
+        }
+        std::mem::swap(values, &mut scratch);
     }
 }
 
@@ -390,7 +439,7 @@ impl<'a> TableBuilder<'a> {
             .collect();
         self.parts.fill_sorted(HAIRPIN_ENDPOINTS, elements);
         for (set, mut keys) in std::mem::take(&mut self.port_sets) {
-            keys.sort_unstable();
+            keys.sort_unstable_by_key(|k| k.order());
             keys.dedup();
             let elements = keys.into_iter().map(|k| element(k.values())).collect();
             self.parts.fill_sorted(set, elements);
@@ -1277,7 +1326,8 @@ impl<'a> TableBuilder<'a> {
 /// be sorted.
 fn endpoint_map_elements(mut map: EndpointMap, count: u32) -> (Vec<Element>, bool) {
     // Equal keys (the elements are then sorted again) are ordered by their index.
-    map.keys.sort_unstable();
+    map.keys
+        .sort_unstable_by_key(|&(key, first)| (key.order(), first));
     let distinct = map.keys.windows(2).all(|pair| pair[0].0 != pair[1].0);
     let mut elements = Vec::with_capacity(map.endpoints.len());
     for (key, first) in map.keys {
@@ -1388,6 +1438,47 @@ mod tests {
                 assert_eq!(a.cmp(b), a.values().cmp(&b.values()), "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn port_key_order_is_the_derived_order() {
+        let mut keys = port_keys();
+        // An IPv6 address numerically below an IPv4 one still orders after it.
+        for addr in [Ipv4Addr::BROADCAST.into(), Ipv6Addr::LOCALHOST.into()] {
+            keys.push(PortKey {
+                addr: Some(addr),
+                proto: L4Proto::Tcp,
+                port: 1,
+            });
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.order().cmp(&b.order()), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn radix_sort_sorts() {
+        // Pseudo-random numbers sharing their first byte (the skipped pass), with
+        // repeats, and a few that differ in every byte.
+        let mut state = 0x2545_f491_u32;
+        let mut values: Vec<u32> = (0..5000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                0x0a00_0000 | (state & 0x00ff_0fff)
+            })
+            .chain([u32::MAX, 0, 0x0a00_0000, 7, u32::MAX])
+            .collect();
+        let mut expected = values.clone();
+        expected.sort_unstable();
+        radix_sort(&mut values);
+        assert_eq!(values, expected);
+        let mut short = vec![3, 1, 2];
+        radix_sort(&mut short);
+        assert_eq!(short, [1, 2, 3]);
     }
 
     #[test]
