@@ -188,6 +188,11 @@ impl Agent {
     fn compile(&self) -> anyhow::Result<Desired> {
         let sources = self.source.read().map_err(|e| anyhow::anyhow!("{e}"))?;
         let plan = svcproxy_compiler::plan_owned(sources, &self.config.options)?;
+        // The plan is kept and the ruleset built beside it: the snapshot's memory goes
+        // back now (the compiler releases after parsing and in `ruleset_owned` only).
+        if let Some(release) = self.config.options.release_memory {
+            release();
+        }
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }

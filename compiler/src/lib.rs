@@ -51,12 +51,13 @@ pub struct Options {
     pub strict: bool,
     pub max_input_bytes: usize,
     /// Called between phases, once the previous phase's memory is freed: after
-    /// parsing; after planning, when the snapshot is gone; and in
-    /// [`nft::ruleset_owned`], when the plan is gone and the set elements are not yet
-    /// made. An allocator that keeps freed memory for reuse (mimalloc) can return it
-    /// to the system here, so that the peak RSS is the largest phase's, not that plus
-    /// what earlier phases left: the parsed objects, the snapshot and the plan free
-    /// memory of other sizes than the elements reuse. The compiler itself never
+    /// parsing, and in [`nft::ruleset_owned`], when the snapshot and the plan are gone
+    /// and the set elements are not yet made. An allocator that keeps freed memory for
+    /// reuse (mimalloc) can return it to the system here, so that the peak RSS is the
+    /// largest phase's, not that plus what earlier phases left: the parsed objects,
+    /// the snapshot and the plan free memory in small pieces, which the elements'
+    /// large vectors cannot reuse. Each release costs page faults when the memory is
+    /// used again (docs/design.md, "Compile under 100 ms"). The compiler itself never
     /// touches the allocator.
     pub release_memory: Option<fn()>,
 }
@@ -173,8 +174,12 @@ fn plan_snapshot(builder: SnapshotBuilder, options: &Options) -> Result<Plan, Co
         ));
     }
     let families = plan::build(&snapshot, &allocated.services, &options.node);
+    // No release here: `nft::ruleset_owned` releases once the plan's ports are
+    // consumed, and that returns the snapshot's memory too. A release here as well
+    // cost 3.4k page faults more per compile at 10k services (about 8 ms) for 7 MB of
+    // peak RSS at 250k endpoints. A caller that keeps the plan and builds the ruleset
+    // beside it releases after planning itself.
     drop((snapshot, allocated.services));
-    options.release_memory();
     Ok(Plan {
         families,
         allocations: allocated.allocations,
