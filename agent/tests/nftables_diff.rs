@@ -23,7 +23,7 @@ use svcproxy_agent::nftables::{
 };
 use svcproxy_compiler::nft::ir::{
     Chain, Element, Family, KeyType, KeyValue, L4Proto, MapData, Rule, Ruleset, Set, SetFlags,
-    Stmt, Table, Values, Verdict,
+    Stmt, Table, Verdict,
 };
 
 // ----- environment -----
@@ -1029,6 +1029,11 @@ fn rejected_diff_changes_nothing() {
 
 /// A table with a verdict map pointing at chain `target`, which holds one rule.
 fn mapped_chain_table() -> Table {
+    let key = [
+        KeyValue::Net("10.96.0.1/32".parse().expect("net")),
+        KeyValue::Proto(L4Proto::Tcp),
+        KeyValue::Port(80),
+    ];
     Table {
         family: Family::Ip,
         name: "svcproxy".into(),
@@ -1041,17 +1046,7 @@ fn mapped_chain_table() -> Table {
             timeout_secs: None,
             comment: None,
             exprs: None,
-            elements: vec![Element {
-                key: [
-                    KeyValue::Net("10.96.0.1/32".parse().expect("net")),
-                    KeyValue::Proto(L4Proto::Tcp),
-                    KeyValue::Port(80),
-                ]
-                .into(),
-                verdict: Some(Verdict::Goto("target".into())),
-                data: Values::new(),
-                comment: None,
-            }],
+            elements: vec![Element::new(key.into()).with_verdict(Verdict::Goto("target".into()))],
         }],
         chains: vec![Chain {
             name: "target".into(),

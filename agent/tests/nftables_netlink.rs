@@ -70,12 +70,12 @@ fn chain(name: &str, base: Option<(ChainType, Hook, i32)>, rules: Vec<Rule>) -> 
 }
 
 fn element(key: Vec<KeyValue>, verdict: Option<Verdict>, comment: Option<&str>) -> Element {
-    Element {
-        key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
+    Element::from_parts(
+        Values::try_from_slice(&key).expect("a key of at most 4 values"),
         verdict,
-        data: Values::new(),
-        comment: comment.map(str::to_string),
-    }
+        Values::new(),
+        comment.map(str::to_string),
+    )
 }
 
 fn set(
@@ -162,17 +162,14 @@ fn endpoint_map(
         .collect();
     let mut elements: Vec<Element> = elements
         .into_iter()
-        .map(|(key, endpoint, port, comment)| Element {
-            key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
-            verdict: None,
-            data: [
-                KeyValue::Net(IpNet::from(
-                    endpoint.parse::<std::net::IpAddr>().expect("endpoint"),
-                )),
-                KeyValue::Port(port),
-            ]
-            .into(),
-            comment: comment.map(str::to_string),
+        .map(|(key, endpoint, port, comment)| {
+            let endpoint = endpoint.parse::<std::net::IpAddr>().expect("endpoint");
+            Element::from_parts(
+                Values::try_from_slice(&key).expect("a key of at most 4 values"),
+                None,
+                [KeyValue::Net(IpNet::from(endpoint)), KeyValue::Port(port)].into(),
+                comment.map(str::to_string),
+            )
         })
         .collect();
     elements.sort();
@@ -1006,7 +1003,7 @@ fn rejected_batch_names_the_message_and_changes_nothing() {
         .find(|s| s.name == "service-ips")
         .expect("service-ips")
         .elements[0]
-        .verdict = Some(Verdict::Goto("gone".into()));
+        .set_verdict(Some(Verdict::Goto("gone".into())));
     let err = ns
         .enter(|| socket.apply_full(&bad_element))
         .expect_err("map element to missing chain");

@@ -76,23 +76,15 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
         run(
             &format!("add one element to the {} endpoint map", map.name),
             &mut |b, i| {
-                b.add_elements(
-                    family,
-                    &table.name,
-                    &map,
-                    &[Element {
-                        key: [
-                            addr(i),
-                            KeyValue::Proto(L4Proto::Tcp),
-                            KeyValue::Port(1),
-                            KeyValue::Int(0),
-                        ]
-                        .into(),
-                        verdict: None,
-                        data: [addr(i), KeyValue::Port(80)].into(),
-                        comment: None,
-                    }],
-                )?;
+                let key = [
+                    addr(i),
+                    KeyValue::Proto(L4Proto::Tcp),
+                    KeyValue::Port(1),
+                    KeyValue::Int(0),
+                ];
+                let element =
+                    Element::new(key.into()).with_data([addr(i), KeyValue::Port(80)].into());
+                b.add_elements(family, &table.name, &map, &[element])?;
                 Ok(())
             },
         )?;
@@ -154,10 +146,10 @@ pub fn probe(socket: &mut NftSocket, ruleset: &Ruleset) -> Result<Vec<(String, D
 }
 
 fn element(key: Vec<KeyValue>, verdict: Option<Verdict>) -> Element {
-    Element {
-        key: Values::try_from_slice(&key).expect("a key of at most 4 values"),
+    Element::from_parts(
+        Values::try_from_slice(&key).expect("a key of at most 4 values"),
         verdict,
-        data: Values::new(),
-        comment: None,
-    }
+        Values::new(),
+        None,
+    )
 }

@@ -6,9 +6,7 @@
 //! every chain before any rule (rules may jump forward), sets and their elements
 //! before the rules that look them up, an anonymous set right before its rule.
 
-use svcproxy_compiler::nft::ir::{
-    Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table, Values,
-};
+use svcproxy_compiler::nft::ir::{Chain, Element, Family, KeyValue, Rule, Set, SetFlags, Table};
 
 use super::attr::{Attr, AttrBuf};
 use super::element::{Nests, element_attrs, element_key_attrs};
@@ -309,12 +307,7 @@ fn anon_set(family: Family, anon: &AnonSet) -> Set {
         elements: anon
             .values
             .iter()
-            .map(|v| Element {
-                key: [*v].into(),
-                verdict: None,
-                data: Values::new(),
-                comment: None,
-            })
+            .map(|v| Element::new([*v].into()))
             .collect(),
     }
 }
@@ -328,18 +321,15 @@ mod tests {
     #[test]
     fn large_element_lists_are_split() {
         let elements: Vec<Element> = (0..5000u32)
-            .map(|i| Element {
-                key: [
+            .map(|i| {
+                let key = [
                     KeyValue::Net(IpNet::from(std::net::IpAddr::from(
                         (0x0a00_0000 + i).to_be_bytes(),
                     ))),
                     KeyValue::Proto(L4Proto::Tcp),
                     KeyValue::Port(80),
-                ]
-                .into(),
-                verdict: Some(Verdict::Goto(format!("svc-{i}"))),
-                data: Values::new(),
-                comment: None,
+                ];
+                Element::new(key.into()).with_verdict(Verdict::Goto(format!("svc-{i}")))
             })
             .collect();
         let set = Set {

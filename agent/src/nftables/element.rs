@@ -121,7 +121,7 @@ fn require_hosts(set: &Set, element: &Element) -> Result<()> {
 }
 
 fn write_data_and_comment(set: &Set, element: &Element, open: bool, w: &mut AttrBuf) -> Result<()> {
-    match (&set.data, &element.verdict, element.data.is_empty()) {
+    match (&set.data, element.verdict(), element.data.is_empty()) {
         (Some(MapData::Verdict), Some(verdict), true) => {
             w.nest(el::DATA, |w| write_verdict(w, verdict));
         }
@@ -170,9 +170,9 @@ fn write_data_and_comment(set: &Set, element: &Element, open: bool, w: &mut Attr
             )));
         }
     }
-    if element.comment.is_some() || open {
+    if element.comment().is_some() || open {
         let mut u = udata::Writer::new();
-        if let Some(comment) = &element.comment {
+        if let Some(comment) = element.comment() {
             udata::check_comment(comment)?;
             u.put_str(udata::elem::COMMENT, comment)?;
         }
@@ -420,12 +420,7 @@ pub(crate) fn elements_to_ir(info: &SetInfo, raw: Vec<RawElement>) -> Result<Vec
                     }
                     (None, None) => Values::new(),
                 };
-                Ok(Element {
-                    key,
-                    verdict: r.verdict,
-                    data,
-                    comment: r.comment,
-                })
+                Ok(Element::from_parts(key, r.verdict, data, r.comment))
             })
             .collect::<Result<Vec<_>>>()?
     };
@@ -498,12 +493,13 @@ fn rbtree_to_ir(mut raw: Vec<RawElement>) -> Result<Vec<Element>> {
 }
 
 fn range_element(first: IpAddr, last: IpAddr, start: RawElement) -> Result<Element> {
-    Ok(Element {
-        key: [KeyValue::Net(prefix_of_range(first, last)?)].into(),
-        verdict: start.verdict,
-        data: Values::new(),
-        comment: start.comment,
-    })
+    let key = [KeyValue::Net(prefix_of_range(first, last)?)].into();
+    Ok(Element::from_parts(
+        key,
+        start.verdict,
+        Values::new(),
+        start.comment,
+    ))
 }
 
 #[cfg(test)]
@@ -528,15 +524,7 @@ mod tests {
             timeout_secs: None,
             exprs: None,
             comment: None,
-            elements: nets
-                .iter()
-                .map(|n| Element {
-                    key: [net(n)].into(),
-                    verdict: None,
-                    data: Values::new(),
-                    comment: None,
-                })
-                .collect(),
+            elements: nets.iter().map(|n| Element::new([net(n)].into())).collect(),
         }
     }
 
@@ -603,17 +591,18 @@ mod tests {
     }
 
     fn endpoint(bucket: u32, ip: &str, port: u16) -> Element {
-        Element {
-            key: [
-                KeyValue::Proto(svcproxy_compiler::nft::ir::L4Proto::Tcp),
-                KeyValue::Port(30080),
-                KeyValue::Int(bucket),
-            ]
-            .into(),
-            verdict: None,
-            data: [net(ip), KeyValue::Port(port)].into(),
-            comment: (bucket == 1).then(|| "b".to_string()),
-        }
+        let key = [
+            KeyValue::Proto(svcproxy_compiler::nft::ir::L4Proto::Tcp),
+            KeyValue::Port(30080),
+            KeyValue::Int(bucket),
+        ];
+        let comment = (bucket == 1).then(|| "b".to_string());
+        Element::from_parts(
+            key.into(),
+            None,
+            [net(ip), KeyValue::Port(port)].into(),
+            comment,
+        )
     }
 
     /// `tcp . 30080 . 1 : 10.244.1.2 . 8080`: a 12-byte key, and the datum as
@@ -658,7 +647,7 @@ mod tests {
         let mut no_data = endpoint(0, "10.244.1.1/32", 8080);
         no_data.data = Values::new();
         let mut verdict = endpoint(0, "10.244.1.1/32", 8080);
-        verdict.verdict = Some(Verdict::Accept);
+        verdict.set_verdict(Some(Verdict::Accept));
         let wrong_type = endpoint(0, "fd00::1/128", 8080);
         // A datum is one endpoint, not a network.
         let prefix = endpoint(0, "10.244.1.0/24", 8080);

@@ -79,7 +79,7 @@ impl NftSocket {
                 let values = elements
                     .into_iter()
                     .map(
-                        |e| match (e.key.as_slice(), e.verdict.is_some(), e.data.is_empty()) {
+                        |e| match (e.key.as_slice(), e.verdict().is_some(), e.data.is_empty()) {
                             ([value], false, true) => Ok(*value),
                             _ => Err(Error::decode(format!(
                                 "anonymous set {} is not a list of single values",

@@ -150,8 +150,7 @@ impl<'a> Writers<'a> {
             .filter(|s| s.data == Some(MapData::Verdict))
         {
             for element in &set.elements {
-                let (Some(Verdict::Goto(chain)) | Some(Verdict::Jump(chain))) = &element.verdict
-                else {
+                let Some(Verdict::Goto(chain) | Verdict::Jump(chain)) = element.verdict() else {
                     continue;
                 };
                 if let Some(writes) = chains.get(chain.as_str()) {

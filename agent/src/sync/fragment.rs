@@ -309,7 +309,7 @@ fn shared_chain_refers_to(table: &Table, set: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt, Values};
+    use svcproxy_compiler::nft::ir::{Element, KeyValue, Set, Stmt};
 
     /// A set as these tests need it: a name and elements (the types do not matter to
     /// the fitting).
@@ -328,12 +328,7 @@ mod tests {
 
     /// A table with one shared chain using `endpoints-2`, as the layout makes it.
     fn committed() -> Ruleset {
-        let element = |port: u16| Element {
-            key: [KeyValue::Port(port)].into(),
-            verdict: None,
-            data: Values::new(),
-            comment: None,
-        };
+        let element = |port: u16| Element::new([KeyValue::Port(port)].into());
         Ruleset {
             tables: vec![Table {
                 family: Family::Ip,
@@ -466,18 +461,11 @@ mod tests {
     fn a_hairpin_address_another_service_still_sends_to_stays() {
         let net = |ip: &str| KeyValue::Net(ip.parse::<IpAddr>().expect("literal").into());
         // Two service ports send to 10.0.0.9 (bucket 0 of ports 80 and 81).
-        let to = |port: u16, ip: &str| Element {
-            key: [KeyValue::Port(port), KeyValue::Int(0)].into(),
-            verdict: None,
-            data: [net(ip), KeyValue::Port(8080)].into(),
-            comment: None,
+        let to = |port: u16, ip: &str| {
+            Element::new([KeyValue::Port(port), KeyValue::Int(0)].into())
+                .with_data([net(ip), KeyValue::Port(8080)].into())
         };
-        let hairpin = |ip: &str| Element {
-            key: [net(ip), net(ip)].into(),
-            verdict: None,
-            data: Values::new(),
-            comment: None,
-        };
+        let hairpin = |ip: &str| Element::new([net(ip), net(ip)].into());
         let map = set("endpoints-1", vec![to(80, "10.0.0.9"), to(81, "10.0.0.9")]);
         let pairs = set(HAIRPIN_ENDPOINTS, vec![hairpin("10.0.0.9")]);
         let committed = Ruleset {

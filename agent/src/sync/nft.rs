@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use svcproxy_compiler::nft::TABLE_NAME;
-use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset, Values};
+use svcproxy_compiler::nft::ir::{Element, Family, Rule, Ruleset};
 
 use super::affinity::{StaleAffinity, stale_affinity};
 use super::fragment;
@@ -350,12 +350,7 @@ impl NftSyncer {
             let keys: Vec<Element> = entries
                 .into_iter()
                 .filter(|e| !stale.valid.contains(e.data.as_slice()))
-                .map(|e| Element {
-                    key: e.key,
-                    verdict: None,
-                    data: Values::new(),
-                    comment: None,
-                })
+                .map(|e| Element::new(e.key))
                 .collect();
             if keys.is_empty() {
                 return Ok(0);

@@ -49,12 +49,8 @@ impl TableParts {
         comment: Option<String>,
     ) {
         if let Some(set) = self.sets.iter_mut().find(|s| s.name == set) {
-            set.elements.push(Element {
-                key,
-                verdict,
-                data: Values::new(),
-                comment,
-            });
+            let element = Element::from_parts(key, verdict, Values::new(), comment);
+            set.elements.push(element);
         }
     }
 

@@ -95,10 +95,10 @@ fn element_json(element: &Element) -> Value {
     } else {
         json!({"concat": element.key.iter().map(key_value_json).collect::<Vec<_>>()})
     };
-    if let Some(comment) = &element.comment {
+    if let Some(comment) = element.comment() {
         key = json!({"elem": {"val": key, "comment": comment}});
     }
-    match &element.verdict {
+    match element.verdict() {
         Some(verdict) => json!([key, verdict_json(verdict)]),
         None if !element.data.is_empty() => {
             let data = if element.data.len() == 1 {

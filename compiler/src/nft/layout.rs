@@ -424,24 +424,20 @@ impl<'a> TableBuilder<'a> {
 
     /// The elements of the sets whose keys were collected (see [`TableBuilder`]).
     fn collected_sets(&mut self) {
-        let element = |key: Values<MAX_KEY>| Element {
-            key,
-            verdict: None,
-            data: Values::new(),
-            comment: None,
-        };
         let cluster_ips = std::mem::take(&mut self.cluster_ips).into_sorted();
-        let elements = cluster_ips.map(|ip| element([net(ip)].into())).collect();
+        let elements = cluster_ips
+            .map(|ip| Element::new([net(ip)].into()))
+            .collect();
         self.parts.fill_sorted(CLUSTER_IPS, elements);
         let hairpin = std::mem::take(&mut self.hairpin).into_sorted();
         let elements = hairpin
-            .map(|ip| element([net(ip), net(ip)].into()))
+            .map(|ip| Element::new([net(ip), net(ip)].into()))
             .collect();
         self.parts.fill_sorted(HAIRPIN_ENDPOINTS, elements);
         for (set, mut keys) in std::mem::take(&mut self.port_sets) {
             keys.sort_unstable_by_key(|k| k.order());
             keys.dedup();
-            let elements = keys.into_iter().map(|k| element(k.values())).collect();
+            let elements = keys.into_iter().map(|k| Element::new(k.values())).collect();
             self.parts.fill_sorted(set, elements);
         }
     }
@@ -469,12 +465,7 @@ impl<'a> TableBuilder<'a> {
             set.flags.interval = true;
             set.elements = cidrs
                 .iter()
-                .map(|net| Element {
-                    key: [KeyValue::Net(*net)].into(),
-                    verdict: None,
-                    data: Values::new(),
-                    comment: None,
-                })
+                .map(|net| Element::new([KeyValue::Net(*net)].into()))
                 .collect();
         }
         for pick in Pick::ALL {
@@ -1333,12 +1324,8 @@ fn endpoint_map_elements(mut map: EndpointMap, count: u32) -> (Vec<Element>, boo
     for (key, first) in map.keys {
         let endpoints = &map.endpoints[first..first + count as usize];
         for (i, &(ip, port)) in (0..count).zip(endpoints) {
-            elements.push(Element {
-                key: key.with_bucket(i),
-                verdict: None,
-                data: [net(ip), KeyValue::Port(port)].into(),
-                comment: None,
-            });
+            let data = [net(ip), KeyValue::Port(port)].into();
+            elements.push(Element::new(key.with_bucket(i)).with_data(data));
         }
     }
     (elements, distinct)

@@ -252,10 +252,10 @@ pub fn verdict_text(verdict: &Verdict) -> String {
 pub fn element_text(element: &Element) -> String {
     let key: Vec<String> = element.key.iter().map(key_value_text).collect();
     let mut text = key.join(" . ");
-    if let Some(comment) = &element.comment {
+    if let Some(comment) = element.comment() {
         let _ = write!(text, " comment {}", quote(comment));
     }
-    if let Some(verdict) = &element.verdict {
+    if let Some(verdict) = element.verdict() {
         let _ = write!(text, " : {}", verdict_text(verdict));
     }
     if !element.data.is_empty() {

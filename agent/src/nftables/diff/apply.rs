@@ -157,12 +157,7 @@ mod tests {
             comment: None,
             elements: elements
                 .iter()
-                .map(|p| Element {
-                    key: [KeyValue::Port(*p)].into(),
-                    verdict: None,
-                    data: Values::new(),
-                    comment: None,
-                })
+                .map(|p| Element::new([KeyValue::Port(*p)].into()))
                 .collect(),
         };
         let chains = chains

@@ -390,7 +390,7 @@ fn mapped_chains(table: &Table) -> HashSet<&str> {
         .sets
         .iter()
         .flat_map(|s| &s.elements)
-        .filter_map(|e| match &e.verdict {
+        .filter_map(|e| match e.verdict() {
             Some(Verdict::Jump(chain) | Verdict::Goto(chain)) => Some(chain.as_str()),
             _ => None,
         })
@@ -417,11 +417,9 @@ mod tests {
                 comment: None,
                 exprs: None,
                 elements: (0..120_000u32)
-                    .map(|i| Element {
-                        key: [KeyValue::Int(i)].into(),
-                        verdict: None,
-                        data: [KeyValue::Port(80)].into(),
-                        comment: None,
+                    .map(|i| {
+                        Element::new([KeyValue::Int(i)].into())
+                            .with_data([KeyValue::Port(80)].into())
                     })
                     .collect(),
             }],

@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use svcproxy_compiler::nft::ir::{
     AddrField, BaseChain, Chain, ChainType, Element, Family, Hook, KeyExpr, KeyType, KeyValue,
-    L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Values, Verdict,
+    L4Proto, MapData, Rule, Ruleset, Set, SetExprs, SetFlags, Stmt, Table, Verdict,
 };
 
 use super::*;
@@ -38,12 +38,8 @@ fn chain(name: &str, rules: Vec<Rule>) -> Chain {
 }
 
 fn dispatch(ip: &str, port: u16, target: &str) -> Element {
-    Element {
-        key: [net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)].into(),
-        verdict: Some(Verdict::Goto(target.into())),
-        data: Values::new(),
-        comment: None,
-    }
+    let key = [net(ip), KeyValue::Proto(L4Proto::Tcp), KeyValue::Port(port)];
+    Element::new(key.into()).with_verdict(Verdict::Goto(target.into()))
 }
 
 fn map(name: &str, elements: Vec<Element>) -> Set {
@@ -68,15 +64,7 @@ fn addr_set(name: &str, flags: SetFlags, nets: &[&str]) -> Set {
         timeout_secs: flags.timeout.then_some(10800),
         exprs: None,
         comment: None,
-        elements: nets
-            .iter()
-            .map(|n| Element {
-                key: [net(n)].into(),
-                verdict: None,
-                data: Values::new(),
-                comment: None,
-            })
-            .collect(),
+        elements: nets.iter().map(|n| Element::new([net(n)].into())).collect(),
     }
 }
 
@@ -336,16 +324,13 @@ fn endpoint_map(count: u32, endpoints: &[(u16, &str)]) -> Set {
     let mut elements: Vec<Element> = endpoints
         .iter()
         .zip((0..count).cycle())
-        .map(|((port, ip), bucket)| Element {
-            key: [
+        .map(|((port, ip), bucket)| {
+            let key = [
                 KeyValue::Proto(L4Proto::Tcp),
                 KeyValue::Port(*port),
                 KeyValue::Int(bucket),
-            ]
-            .into(),
-            verdict: None,
-            data: [net(ip), KeyValue::Port(8080)].into(),
-            comment: None,
+            ];
+            Element::new(key.into()).with_data([net(ip), KeyValue::Port(8080)].into())
         })
         .collect();
     elements.sort();
@@ -590,7 +575,7 @@ fn text_of_new_objects() {
     set_mut(&mut a, "service-ips").elements.clear();
     let mut b = table();
     chain_mut(&mut b, "endpoint-a/2").comment = Some("say \"hi\"".into());
-    set_mut(&mut b, "service-ips").elements[0].comment = Some("ns/a:http".into());
+    set_mut(&mut b, "service-ips").elements[0].set_comment(Some("ns/a:http".into()));
     let text = diff(&ruleset(a), &ruleset(b)).to_nft();
     let expected = "\
 add chain ip svcproxy service-a/http
