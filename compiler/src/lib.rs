@@ -57,7 +57,7 @@ pub struct Options {
     /// largest phase's, not that plus what earlier phases left: the parsed objects,
     /// the snapshot and the plan free memory in small pieces, which the elements'
     /// large vectors cannot reuse. Each release costs page faults when the memory is
-    /// used again (docs/design.md, "Compile under 100 ms"). The compiler itself never
+    /// used again (docs/design.md, "Compile margin"). The compiler itself never
     /// touches the allocator.
     pub release_memory: Option<fn()>,
 }
