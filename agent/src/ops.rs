@@ -53,7 +53,9 @@ pub(crate) fn compile(
         .map_err(|e| invalid(err, &e.to_string()))?;
     // The caller builds the ruleset beside the plan: the snapshot's memory goes back
     // now (the compiler releases after parsing and in `ruleset_owned` only).
-    crate::release_memory();
+    if let Some(release) = options.release_memory {
+        release();
+    }
     for warning in &plan.warnings {
         let _ = writeln!(err, "warning: {warning}");
     }

@@ -148,9 +148,14 @@ fn rss_trace(services: usize, endpoints: usize) {
     memory("parsed and converted");
     drop(snapshot);
     memory("text dropped");
-    let collect = std::env::var_os("COLLECT").is_some();
-    let at =
-        |w: &str| collect && std::env::var("COLLECT").map_or(true, |v| v == "1" || v.contains(w));
+    // COLLECT=1: the releases `svcproxy compile` makes (after parsing, before the
+    // elements); or a comma-separated choice of `parse`, `plan` (the release `apply`
+    // and `run` add, as they keep the plan) and `elements`.
+    let collect = std::env::var("COLLECT").unwrap_or_default();
+    let at = |point: &str| match collect.as_str() {
+        "1" => point != "plan",
+        list => list.split(',').any(|p| p == point),
+    };
     if at("parse") {
         // What `Options::release_memory` does in the product, after parsing.
         svcproxy_agent::release_memory();
@@ -171,7 +176,7 @@ fn rss_trace(services: usize, endpoints: usize) {
     drop((snap, allocated));
     memory("snapshot dropped");
     if at("plan") {
-        // And after planning.
+        // After planning, as `apply` and `run` do.
         svcproxy_agent::release_memory();
         memory("collected");
     }

@@ -1447,22 +1447,25 @@ mod tests {
 
     #[test]
     fn radix_sort_sorts() {
-        // Pseudo-random numbers sharing their first byte (the skipped pass), with
-        // repeats, and a few that differ in every byte.
+        // Pseudo-random numbers with repeats, all sharing their first byte (that pass
+        // is skipped); then the same with a few that differ in every byte.
         let mut state = 0x2545_f491_u32;
-        let mut values: Vec<u32> = (0..5000)
+        let shared: Vec<u32> = (0..5000)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 17;
                 state ^= state << 5;
                 0x0a00_0000 | (state & 0x00ff_0fff)
             })
-            .chain([u32::MAX, 0, 0x0a00_0000, 7, u32::MAX])
             .collect();
-        let mut expected = values.clone();
-        expected.sort_unstable();
-        radix_sort(&mut values);
-        assert_eq!(values, expected);
+        let mut mixed = shared.clone();
+        mixed.extend([u32::MAX, 0, 0x0a00_0000, 7, u32::MAX]);
+        for mut values in [shared, mixed] {
+            let mut expected = values.clone();
+            expected.sort_unstable();
+            radix_sort(&mut values);
+            assert_eq!(values, expected);
+        }
         let mut short = vec![3, 1, 2];
         radix_sort(&mut short);
         assert_eq!(short, [1, 2, 3]);
