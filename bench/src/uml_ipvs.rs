@@ -19,9 +19,13 @@ use svcproxy_tests::uml::{self, Uml};
 use crate::Config;
 
 pub fn run(config: &Config) -> Result<Vec<Row>> {
-    if !uml::require_uml() {
-        bail!("user-mode-linux is not installed (scripts/test installs it)");
-    }
+    // The same choice as the IPVS tests: the kernel scripts/test chose for its run when
+    // started from there, else the first candidate that boots (tests/src/uml/kernel.rs).
+    let kernel = match uml::kernel::kernel() {
+        Ok(kernel) => kernel,
+        Err(why) => bail!("{why}"),
+    };
+    eprintln!("ipvs (uml): {kernel}");
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("binary path")?;
     let run = Uml::new()
@@ -61,10 +65,11 @@ pub fn run(config: &Config) -> Result<Vec<Row>> {
     let ratio = ipvsadm.as_secs_f64() / pipelined.as_secs_f64();
     Ok(vec![Row {
         what: format!(
-            "IPVS cold apply {}k virtual servers x {} real servers in user-mode-linux \
+            "IPVS cold apply {}k virtual servers x {} real servers in user-mode-linux {} \
              (one request per round trip: {})",
             config.ipvs_services / 1000,
             config.ipvs_reals,
+            kernel_release(&run.console),
             human(sequential)
         ),
         target: ">= 5x ipvsadm -R".into(),
@@ -198,4 +203,14 @@ fn check(count: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The guest kernel's release, from its boot banner ("Linux version 6.1.176 ...").
+fn kernel_release(console: &str) -> String {
+    console
+        .lines()
+        .find_map(|l| l.split("Linux version ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("(release unknown)")
+        .to_string()
 }

@@ -1,8 +1,9 @@
 //! Run code under a user-mode-linux kernel, for features the host kernel lacks (IPVS).
 //!
-//! Debian's `linux.uml` (6.1, with `ip_vs`, `dummy`, `veth` as modules under
-//! `/usr/lib/uml/modules`) boots in about two seconds with the host's `/` as its root
-//! filesystem (hostfs), so binaries built on the host run unchanged in the guest. The
+//! A `linux.uml` kernel (with `ip_vs`, `dummy`, `veth` as modules) boots in about two seconds
+//! with the host's `/` as its root filesystem (hostfs), so binaries built on the host run
+//! unchanged in the guest. Which kernel (Debian 12's, or Debian unstable's where that one
+//! cannot boot) is settled once per run by [`kernel::kernel`]. The
 //! harness writes an init script that prepares the guest (proc, sys, a tmpfs on `/run`
 //! with `TMPDIR` in it, `/run/netns`, kernel modules, `lo` up), runs one command, stores its output and
 //! exit status in a host directory and powers off.
@@ -55,10 +56,9 @@ use anyhow::{Context, Result, bail};
 
 /// Set (to "1") in the guest's environment: the code runs under user-mode-linux.
 pub const GUEST_ENV: &str = "SVCPROXY_UML_GUEST";
-/// The user-mode-linux kernel (Debian package `user-mode-linux`).
-pub const UML_KERNEL: &str = "/usr/bin/linux.uml";
-/// Its modules, laid out as `<version>/kernel/...`.
-pub const UML_MODULES: &str = "/usr/lib/uml/modules";
+pub mod kernel;
+
+pub use kernel::Kernel;
 /// Loaded before the command runs: IPVS with the schedulers kube-proxy offers, and the link
 /// types tests build topologies with.
 pub const DEFAULT_MODULES: &[&str] = &[
@@ -82,32 +82,29 @@ pub fn in_guest() -> bool {
     std::env::var(GUEST_ENV).as_deref() == Ok("1")
 }
 
-/// Whether user-mode-linux tests can run here. If not, the test is skipped (returns false
-/// after saying so on stderr), unless `SVCPROXY_REQUIRE_KERNEL=1` (as CI sets), in which
-/// case it panics: CI must never go green by skipping.
+/// Whether user-mode-linux tests can run here: a kernel with IPVS boots ([`kernel::kernel`]).
+/// If not, the test is skipped (returns false after saying why on stderr), unless
+/// `SVCPROXY_REQUIRE_KERNEL=1` (as CI sets), in which case it panics with what was tried:
+/// CI must never go green by skipping.
 ///
 /// Booting UML needs no host privileges, only the kernel and its modules; inside, the test
 /// is root in its own kernel.
 pub fn require_uml() -> bool {
-    let missing = [UML_KERNEL, UML_MODULES]
-        .into_iter()
-        .find(|p| !Path::new(p).exists());
-    let Some(missing) = missing else {
-        return true;
+    let why = match kernel::kernel() {
+        Ok(_) => return true,
+        Err(why) => why,
     };
     let test = std::thread::current()
         .name()
         .unwrap_or("uml test")
         .to_owned();
     if std::env::var("SVCPROXY_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!(
-            "{test}: needs user-mode-linux ({missing} is missing) and SVCPROXY_REQUIRE_KERNEL=1"
-        );
+        panic!("{test}: SVCPROXY_REQUIRE_KERNEL=1, and {why}");
     }
     // Straight to stderr: libtest captures eprintln!, and a skip nobody sees looks like a pass.
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: needs user-mode-linux ({missing} is missing; set SVCPROXY_REQUIRE_KERNEL=1 to fail instead)"
+        "SKIPPED {test}: {why}\n(set SVCPROXY_REQUIRE_KERNEL=1 to fail instead)"
     );
     false
 }
@@ -123,6 +120,8 @@ pub struct GuestRun {
     pub console: String,
     /// From starting the kernel to its exit.
     pub elapsed: Duration,
+    /// The kernel that ran.
+    pub kernel: Kernel,
 }
 
 impl GuestRun {
@@ -149,13 +148,17 @@ impl GuestRun {
         }
         // Let the host test's own output show what ran in the guest.
         println!("{}", self.output);
-        println!("(user-mode-linux run took {:.1?})", self.elapsed);
+        println!(
+            "(user-mode-linux run took {:.1?} on {})",
+            self.elapsed, self.kernel
+        );
     }
 }
 
 /// A user-mode-linux guest to run one command in.
 #[derive(Clone, Debug)]
 pub struct Uml {
+    kernel: Option<Kernel>,
     mem_mb: u32,
     timeout: Duration,
     modules: Vec<String>,
@@ -173,6 +176,7 @@ impl Default for Uml {
 impl Uml {
     pub fn new() -> Uml {
         Uml {
+            kernel: None,
             mem_mb: 512,
             timeout: Duration::from_secs(180),
             modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
@@ -180,6 +184,12 @@ impl Uml {
             cwd: None,
             keep_run_dir: false,
         }
+    }
+
+    /// Boot this kernel instead of the one chosen for the run ([`kernel::kernel`]).
+    pub fn kernel(mut self, kernel: Kernel) -> Uml {
+        self.kernel = Some(kernel);
+        self
     }
 
     /// Kill the guest if it has not powered off after this long (default 180 s).
@@ -242,6 +252,11 @@ impl Uml {
         if argv.is_empty() {
             bail!("empty command");
         }
+        let kernel = match &self.kernel {
+            Some(kernel) => kernel.clone(),
+            None => kernel::kernel().map_err(anyhow::Error::msg)?.clone(),
+        };
+        check_visible("kernel module tree", &kernel.modules)?;
         let run_dir = new_run_dir()?;
         let cwd = match &self.cwd {
             Some(dir) => dir.clone(),
@@ -266,7 +281,7 @@ impl Uml {
         }
 
         let init = run_dir.join("init");
-        fs::write(&init, self.init_script(&run_dir, &cwd, &command)?)
+        fs::write(&init, self.init_script(&kernel, &run_dir, &cwd, &command)?)
             .with_context(|| format!("writing {}", init.display()))?;
         fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
         let modprobe = run_dir.join("modprobe");
@@ -282,7 +297,7 @@ impl Uml {
         let console_path = run_dir.join("console.log");
         let console = fs::File::create(&console_path)?;
         let started = Instant::now();
-        let mut child = Command::new(UML_KERNEL)
+        let mut child = Command::new(&kernel.binary)
             .arg(format!("mem={}M", self.mem_mb))
             .args(["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw"])
             .arg(format!("init={}", path_str(&init)?))
@@ -293,7 +308,7 @@ impl Uml {
             // Own process group: UML runs as several host processes; a timeout kills them all.
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {UML_KERNEL}"))?;
+            .with_context(|| format!("starting {}", kernel.binary.display()))?;
         let pgid = child.id() as libc::pid_t;
         let timed_out = loop {
             if child.try_wait()?.is_some() {
@@ -341,10 +356,17 @@ impl Uml {
             output,
             console,
             elapsed,
+            kernel,
         })
     }
 
-    fn init_script(&self, run_dir: &Path, cwd: &Path, command: &str) -> Result<String> {
+    fn init_script(
+        &self,
+        kernel: &Kernel,
+        run_dir: &Path,
+        cwd: &Path,
+        command: &str,
+    ) -> Result<String> {
         let r = shell_quote(path_str(run_dir)?);
         let mut env = format!("export {GUEST_ENV}=1 RUST_BACKTRACE=1\n");
         if let Ok(v) = std::env::var("SVCPROXY_REQUIRE_KERNEL") {
@@ -363,6 +385,7 @@ impl Uml {
             .collect::<Vec<_>>()
             .join(" ");
         let cwd = shell_quote(path_str(cwd)?);
+        let modules_dir = shell_quote(path_str(&kernel.modules)?);
         Ok(format!(
             r#"#!/bin/sh
 # init of a user-mode-linux guest, generated by svcproxy-tests (tests/src/uml.rs)
@@ -392,8 +415,7 @@ else
 fi
 sync
 poweroff -f
-"#,
-            modules_dir = UML_MODULES,
+"#
         ))
     }
 }
