@@ -60,6 +60,9 @@ pub enum Command {
         #[command(flatten)]
         backend: crate::ipvs::cmd::BackendArgs,
     },
+    /// What svcproxy's rules do to one packet, hook by hook, and why (nothing touches
+    /// the kernel).
+    Explain(crate::explain::ExplainArgs),
     /// The node agent: watch the snapshot, keep the kernel in sync, serve health and
     /// metrics.
     Run(crate::ops::RunArgs),
@@ -100,6 +103,7 @@ impl Cli {
                 Backend::Nftables => crate::ops::plan(node, snapshot, out, err),
                 Backend::Ipvs => crate::ipvs::cmd::plan(node, snapshot, &backend.ipvs, out, err),
             },
+            Command::Explain(args) => crate::explain::explain(args, out, err),
             Command::Run(args) => crate::ops::run(args, err),
             // Both backends' leftovers, whichever ran last.
             Command::Cleanup(args) => {

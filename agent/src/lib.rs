@@ -2,6 +2,7 @@
 pub mod cli;
 pub mod conntrack;
 pub mod daemon;
+pub mod explain;
 pub mod health;
 pub mod ipvs;
 pub mod metrics;

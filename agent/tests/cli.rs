@@ -177,3 +177,75 @@ fn json_output_is_valid_nft_json() {
             && o["map"]["map"] == "ipv4_addr . inet_service"
     }));
 }
+
+fn explain(extra: &[&str]) -> Output {
+    let mut args = vec!["explain"];
+    args.extend_from_slice(NODE_FLAGS);
+    args.extend_from_slice(extra);
+    svcproxy(&args, None)
+}
+
+#[test]
+fn explain_prints_the_way_of_a_packet_and_why() {
+    let out = explain(&[
+        "fixtures/semantics/external-traffic-policy-local.yaml",
+        "--src",
+        "10.244.1.5",
+        "--dst",
+        "10.96.4.1:80",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        "tcp 10.244.1.5:40000 -> 10.96.4.1:80, from a pod (arrives on an interface)",
+        "prerouting (table ip svcproxy):",
+        "services rule 1: ip daddr . meta l4proto . th dport @cluster-ip-ports goto cluster-ip-traffic",
+        " 50.0%  DNAT to 10.244.1.10:8080, not masqueraded: accepted",
+        " 50.0%  DNAT to 10.244.2.10:8080, not masqueraded: accepted",
+        "why: 2 endpoints to choose from at random; not masqueraded",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn explain_json_names_the_deciding_map_element() {
+    let out = explain(&[
+        "fixtures/semantics/external-traffic-policy-local.yaml",
+        "--from",
+        "outside",
+        "--src",
+        "198.51.200.7",
+        "--dst",
+        "192.168.100.1:30082",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = &value["outcomes"][0];
+    assert_eq!(outcome["fate"], "dropped");
+    assert_eq!(outcome["decidedIn"], "input");
+    let steps = outcome["steps"].as_array().unwrap();
+    let lookup = &steps.last().unwrap()["lookup"];
+    assert_eq!(lookup["map"], "no-endpoint-nodeports");
+    assert_eq!(lookup["element"], "prod/remote-web:http");
+    assert!(
+        value["why"]
+            .as_str()
+            .unwrap()
+            .contains("no endpoint on this node"),
+        "{value}"
+    );
+}
+
+#[test]
+fn explain_refuses_mixed_families_and_bad_addresses_with_exit_2() {
+    let fixture = "fixtures/semantics/external-traffic-policy-local.yaml";
+    let out = explain(&[fixture, "--src", "fd00::1", "--dst", "10.96.4.1:80"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("same address family"));
+    let out = explain(&[fixture, "--src", "10.244.1.5", "--dst", "10.96.4.1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+}

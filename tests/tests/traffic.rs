@@ -4,13 +4,21 @@
 //! which endpoint answers, whether the source was masqueraded, and whether a packet is
 //! rejected or dropped. One test per traffic class of the semantics notes, each run
 //! twice: with the ruleset loaded by `nft -f`, and applied by the agent through netlink.
+//!
+//! Every flow is also run through the IR's interpreter (`svcproxy_compiler::nft::eval`,
+//! what `svcproxy explain` uses): each endpoint that answers must be one it predicts,
+//! with the masquerade it predicts, and each reject, drop or unrouted packet must be the
+//! fate it predicts ([`Oracle`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use svcproxy_agent::sync::NftSyncer;
+use svcproxy_compiler::nft::eval::{self, Fate, Host, Origin, Packet};
+use svcproxy_compiler::nft::ir::{L4Proto, Ruleset};
 use svcproxy_tests::fixtures::{compile, plan};
 use svcproxy_tests::topology::{EXT_V4, EXT_V6, EXT2_V4, NODE_V4, NODE_V6};
 use svcproxy_tests::{
@@ -65,6 +73,8 @@ impl Lab {
                     .unwrap();
             }
         }
+        let ruleset = svcproxy_compiler::nft::ruleset(&plan(Path::new(FIXTURE)));
+        ORACLE.with(|o| *o.borrow_mut() = Some(Oracle::new(&c, ruleset)));
         Some(Lab { c })
     }
 
@@ -75,6 +85,175 @@ impl Lab {
     fn ip_of(&self, pod: &str) -> IpAddr {
         IpAddr::V4(self.c.pod(pod).unwrap().v4())
     }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        ORACLE.with(|o| *o.borrow_mut() = None);
+    }
+}
+
+thread_local! {
+    /// The interpreter's view of the current test's lab (each test runs in its thread).
+    static ORACLE: RefCell<Option<Oracle>> = const { RefCell::new(None) };
+}
+
+/// Predicts what the rules do to a probe, from the compiled ruleset.
+struct Oracle {
+    ruleset: Ruleset,
+    host: Host,
+    node: String,
+    ext: String,
+    /// Pod name, its namespace's name, its addresses.
+    pods: Vec<(String, String, IpAddr, IpAddr)>,
+}
+
+impl Oracle {
+    fn new(c: &Cluster, ruleset: Ruleset) -> Oracle {
+        let mut local = vec![IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)];
+        for pod in c.pods() {
+            local.push(IpAddr::V4(pod.gateway_v4()));
+            local.push(IpAddr::V6(pod.gateway_v6()));
+        }
+        Oracle {
+            ruleset,
+            host: Host {
+                local: local.into_iter().map(ipnet::IpNet::from).collect(),
+            },
+            node: c.node.name().to_string(),
+            ext: c.ext.name().to_string(),
+            pods: c
+                .pods()
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.ns.name().to_string(),
+                        IpAddr::V4(p.v4()),
+                        IpAddr::V6(p.v6()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The source address a probe from `ns` has, and the interpreter's outcome.
+    fn predict(
+        &self,
+        ns: &Netns,
+        proto: Proto,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+    ) -> (IpAddr, eval::Outcome) {
+        let v4 = dst.is_ipv4();
+        let pick = |a: IpAddr, b: IpAddr| if v4 { a } else { b };
+        let (origin, own) = if ns.name() == self.node {
+            (Origin::Host, pick(IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)))
+        } else if ns.name() == self.ext {
+            (
+                Origin::Arrives,
+                pick(IpAddr::V4(EXT_V4), IpAddr::V6(EXT_V6)),
+            )
+        } else {
+            let (_, _, a, b) = self
+                .pods
+                .iter()
+                .find(|p| p.1 == ns.name())
+                .expect("a namespace of the lab");
+            (Origin::Arrives, pick(*a, *b))
+        };
+        let src = src.unwrap_or(own);
+        let packet = Packet {
+            proto: match proto {
+                Proto::Tcp => L4Proto::Tcp,
+                Proto::Udp => L4Proto::Udp,
+            },
+            src,
+            sport: 40000,
+            dst: dst.ip(),
+            dport: dst.port(),
+            origin,
+        };
+        let outcome = eval::evaluate(&self.ruleset, &self.host, &packet).unwrap();
+        (src, outcome)
+    }
+
+    fn pod_ip(&self, name: &str, v4: bool) -> IpAddr {
+        let (_, _, a, b) = self
+            .pods
+            .iter()
+            .find(|p| p.0 == name)
+            .unwrap_or_else(|| panic!("no pod {name}"));
+        if v4 { *a } else { *b }
+    }
+}
+
+/// Checks answers against the interpreter: each answering endpoint is a predicted DNAT
+/// target, masqueraded exactly when predicted.
+fn check_answers(
+    ns: &Netns,
+    proto: Proto,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    got: &[(String, IpAddr)],
+) {
+    ORACLE.with(|o| {
+        let oracle = o.borrow();
+        let Some(oracle) = oracle.as_ref() else {
+            return;
+        };
+        let (src, predicted) = oracle.predict(ns, proto, dst, src);
+        for (name, peer) in got {
+            let ip = oracle.pod_ip(name, dst.is_ipv4());
+            let branch = predicted
+                .branches
+                .iter()
+                .find(|b| b.fate == Fate::Accepted && b.dnat.map(|(a, _)| a) == Some(ip))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{proto} {src} -> {dst}: {name} ({ip}) answered, the interpreter \
+                         predicted {predicted:#?}"
+                    )
+                });
+            assert_eq!(
+                branch.masquerade,
+                *peer != src,
+                "{proto} {src} -> {dst} answered by {name} as seen from {peer}: \
+                 the interpreter predicted masquerade {}",
+                branch.masquerade
+            );
+        }
+    });
+}
+
+/// Checks failed probes against the interpreter: a reject is a predicted reject, a
+/// timeout a predicted drop, an unreachable a packet no rule translated.
+fn check_failures(ns: &Netns, proto: Proto, dst: SocketAddr, src: Option<IpAddr>, got: &[Outcome]) {
+    ORACLE.with(|o| {
+        let oracle = o.borrow();
+        let Some(oracle) = oracle.as_ref() else {
+            return;
+        };
+        let (src, predicted) = oracle.predict(ns, proto, dst, src);
+        for outcome in got {
+            let expected = match outcome {
+                Outcome::Refused => Some(Fate::Rejected),
+                Outcome::Timeout => Some(Fate::Dropped),
+                Outcome::Unreachable => Some(Fate::Accepted),
+                _ => None,
+            };
+            let Some(expected) = expected else { continue };
+            let agrees = predicted
+                .branches
+                .iter()
+                .any(|b| b.fate == expected && (expected != Fate::Accepted || b.dnat.is_none()));
+            assert!(
+                agrees,
+                "{proto} {src} -> {dst}: the kernel gave {outcome:?}, the interpreter \
+                 predicted {predicted:#?}"
+            );
+        }
+    });
 }
 
 /// The test topology without rules: endpoint pods serving on 8080 (TCP and UDP) and a
@@ -135,14 +314,16 @@ fn answers_from(
         src,
         ..ProbeOpts::default()
     };
-    probe_with(ns, proto, dst, &opts)
+    let got: Vec<(String, IpAddr)> = probe_with(ns, proto, dst, &opts)
         .unwrap()
         .into_iter()
         .map(|outcome| match outcome {
             Outcome::Ok { name, peer } => (name, peer),
             other => panic!("{proto} to {dst} from {}: {other:?}", ns.name()),
         })
-        .collect()
+        .collect();
+    check_answers(ns, proto, dst, src, &got);
+    got
 }
 
 /// Probes that are expected to fail, with a short timeout.
@@ -152,7 +333,9 @@ fn outcomes(ns: &Netns, proto: Proto, dst: SocketAddr, src: Option<IpAddr>) -> V
         src,
         timeout: Duration::from_millis(400),
     };
-    probe_with(ns, proto, dst, &opts).unwrap()
+    let got = probe_with(ns, proto, dst, &opts).unwrap();
+    check_failures(ns, proto, dst, src, &got);
+    got
 }
 
 fn names(answers: &[(String, IpAddr)]) -> BTreeSet<&str> {

@@ -2,6 +2,7 @@
 //! ruleset, and the text and JSON renderers.
 
 pub(crate) mod build;
+pub mod eval;
 pub mod fragment;
 pub mod ir;
 pub mod json;
