@@ -4,7 +4,7 @@
 //! new`), hook by hook, base chains in priority order: `prerouting` then, depending on
 //! whether the (translated) destination is one of the host's addresses, `input` or
 //! `forward` and `postrouting`; a packet the host sends itself takes `output` and
-//! `postrouting`. It knows nothing of Services or of the plan: only tables, chains,
+//! `postrouting`, then `input` when it is for one of the host's own addresses. It knows nothing of Services or of the plan: only tables, chains,
 //! rules, sets and maps. That is what makes it an oracle for the compiler (the plan says
 //! what a class of traffic gets; this says what the rules do) and an explanation of the
 //! kernel's state read back from a node (`svcproxy explain`).
@@ -282,10 +282,17 @@ impl<'a> Run<'a> {
                 return Ok((fate, Some(Hook::Forward)));
             }
         }
-        Ok(match self.hook(Hook::Postrouting)? {
-            Some(fate) => (fate, Some(Hook::Postrouting)),
-            None => (Fate::Accepted, None),
-        })
+        if let Some(fate) = self.hook(Hook::Postrouting)? {
+            return Ok((fate, Some(Hook::Postrouting)));
+        }
+        // A packet the host sends to one of its own addresses comes back in through
+        // loopback to the input hook (not prerouting).
+        if self.state.origin == Origin::Host && self.host.is_local(self.state.dst) {
+            if let Some(fate) = self.hook(Hook::Input)? {
+                return Ok((fate, Some(Hook::Input)));
+            }
+        }
+        Ok((Fate::Accepted, None))
     }
 
     /// Every base chain of `hook`, lowest priority first. `Some` when the packet ends here.
@@ -864,6 +871,16 @@ mod tests {
                 "{outcome:#?}"
             );
         }
+        // The node to its own NodePort: out through output and postrouting, back in
+        // through loopback to input, where the NodePort check rejects (found by the
+        // property test: without the way back in, the packet went through untouched).
+        let outcome = send(&rules, Origin::Host, NODE, NODE, 30090);
+        let branch = only(&outcome);
+        assert_eq!(
+            (branch.fate, branch.decided_in),
+            (Fate::Rejected, Some(Hook::Input)),
+            "{outcome:#?}"
+        );
     }
 
     #[test]
